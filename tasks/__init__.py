@@ -1,0 +1,1 @@
+"""seqio Task and Mixture registrations. Importing this package registers them all."""

@@ -1,0 +1,1 @@
+"""vlpretrain: compact, data-efficient vision-language pretraining."""
