@@ -1,0 +1,113 @@
+"""JAR fusion (seed 000 eqs. 1-3) and the concat baseline."""
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlpretrain.network import fusion, t5, transformer, vit
+
+
+def _network(fusion_module):
+  return transformer.VLTransformer(vit.vit_config("test/8", 32),
+                                   t5.t5_config("test", vocab_size=128), fusion_module)
+
+
+def _inputs(seed=0):
+  rng = np.random.RandomState(seed)
+  images = jnp.asarray(rng.uniform(-1, 1, (2, 2, 32, 32, 3)), jnp.float32)
+  tokens = jnp.asarray(rng.randint(2, 128, (2, 7)), jnp.int32).at[:, -2:].set(0)
+  return images[0], images[1], tokens
+
+
+def _encode(module, variables, image, tokens):
+  return module.apply(variables, image, tokens, method=module.encode)[0]
+
+
+def _set_param(variables, name, value):
+  params = flax.core.unfreeze(nn.unbox(variables))
+  params["params"]["fusion"][name] = jnp.asarray(value, jnp.float32)
+  return params
+
+
+def test_gates_at_zero_make_the_output_independent_of_the_image():
+  module = _network(fusion.JAR(num_latents=4, num_iterations=2))
+  image_a, image_b, tokens = _inputs()
+  variables = nn.unbox(module.init(jax.random.PRNGKey(0), image_a, tokens, tokens))
+  for i in range(2):  # Gates are zero-initialised parameters.
+    assert float(variables["params"]["fusion"][f"alpha_{i}"]) == 0.0
+    assert float(variables["params"]["fusion"][f"beta_{i}"]) == 0.0
+  out_a = _encode(module, variables, image_a, tokens)
+  out_b = _encode(module, variables, image_b, tokens)
+  np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
+  assert out_a.shape == (2, 4, 32)
+
+  # Opening one alpha gate lets the image through.
+  opened = _set_param(variables, "alpha_1", 0.5)
+  out_a = _encode(module, opened, image_a, tokens)
+  out_b = _encode(module, opened, image_b, tokens)
+  assert np.max(np.abs(np.asarray(out_a) - np.asarray(out_b))) > 1e-3
+
+
+def test_gates_receive_gradients():
+  module = _network(fusion.JAR(num_latents=4, num_iterations=2))
+  image, _, tokens = _inputs()
+  variables = nn.unbox(module.init(jax.random.PRNGKey(0), image, tokens, tokens))
+  loss = lambda p: jnp.sum(module.apply({"params": p}, image, tokens, tokens) ** 2)
+  grads = jax.grad(loss)(variables["params"])["fusion"]
+  assert abs(float(grads["alpha_0"])) > 0
+  assert abs(float(grads["beta_1"])) > 0
+
+
+def test_add_gating_uses_the_image_from_the_start():
+  module = _network(fusion.JAR(num_latents=4, num_iterations=2, gating="add"))
+  image_a, image_b, tokens = _inputs()
+  variables = module.init(jax.random.PRNGKey(0), image_a, tokens, tokens)
+  assert "alpha_0" not in variables["params"]["fusion"]
+  diff = _encode(module, variables, image_a, tokens) - _encode(module, variables,
+                                                               image_b, tokens)
+  assert float(jnp.max(jnp.abs(diff))) > 1e-3
+
+
+@pytest.mark.parametrize("combine, has_weight", [("none", False), ("residual", False),
+                                                 ("weighted", True)])
+def test_iterative_combine_options(combine, has_weight):
+  module = _network(fusion.JAR(num_latents=4, num_iterations=3, iterative_combine=combine))
+  image, _, tokens = _inputs()
+  variables = module.init(jax.random.PRNGKey(0), image, tokens, tokens)
+  assert ("combine_weight_1" in variables["params"]["fusion"]) == has_weight
+  assert "combine_weight_0" not in variables["params"]["fusion"]  # h_0 = t_N.
+
+
+def test_weighted_combine_at_one_equals_residual():
+  image, _, tokens = _inputs()
+  weighted = _network(fusion.JAR(num_latents=4, num_iterations=3))
+  residual = _network(fusion.JAR(num_latents=4, num_iterations=3,
+                                 iterative_combine="residual"))
+  variables = nn.unbox(weighted.init(jax.random.PRNGKey(0), image, tokens, tokens))
+  params = flax.core.unfreeze(variables)
+  for i in (1, 2):
+    del params["params"]["fusion"][f"combine_weight_{i}"]
+  np.testing.assert_allclose(np.asarray(_encode(weighted, variables, image, tokens)),
+                             np.asarray(_encode(residual, params, image, tokens)),
+                             atol=1e-6)
+
+
+def test_bad_options_name_the_field():
+  module = _network(fusion.JAR(gating="sigmoid"))
+  image, _, tokens = _inputs()
+  with pytest.raises(ValueError, match="JAR.gating"):
+    module.init(jax.random.PRNGKey(0), image, tokens, tokens)
+
+
+def test_concat_memory_is_image_tokens_plus_text():
+  module = _network(fusion.Concat())
+  image_a, image_b, tokens = _inputs()
+  variables = module.init(jax.random.PRNGKey(0), image_a, tokens, tokens)
+  memory, mask = module.apply(variables, image_a, tokens, method=module.encode)
+  assert memory.shape == (2, 16 + 7, 32)  # (32/8)^2 image tokens + 7 text tokens.
+  np.testing.assert_array_equal(np.asarray(mask[:, 16:]), np.asarray(tokens > 0))
+  assert bool(jnp.all(mask[:, :16]))
+  other = module.apply(variables, image_b, tokens, method=module.encode)[0]
+  assert float(jnp.max(jnp.abs(memory - other))) > 1e-3

@@ -1,0 +1,59 @@
+"""Golden parameter counts of the named sizes (via jax.eval_shape: no weights made)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlpretrain.network import fusion, t5, transformer, vit
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("Ti/16", 5_524_032),
+    ("S/16", 21_664_896),
+    ("B/32", 87_453_696),  # ~87.5M: the ViT-B/32 encoder of seed 000, without a head.
+    ("B/16", 85_797_120),
+    ("L/16", 303_299_584),
+])
+def test_vit_parameter_counts(variant, expected):
+  config = vit.vit_config(variant, image_size=224)
+  shapes = jax.eval_shape(vit.ViT(config).init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 224, 224, 3)))
+  assert _count(shapes) == expected
+
+
+def _t5_count(size):
+  module = transformer.VLTransformer(vit.vit_config("test/8", 32),
+                                     t5.t5_config(size, vocab_size=32128), fusion.Concat())
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                          jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
+  params = shapes["params"]
+  return _count([params["token_embedder"], params["text_encoder"], params["decoder"]])
+
+
+@pytest.mark.parametrize("size, expected", [
+    ("small", 76_961_152),
+    ("base", 247_577_856),  # T5 v1.1 base: 247.6M with the 32128-entry vocabulary.
+    ("large", 783_150_080),
+])
+def test_t5_parameter_counts(size, expected):
+  assert _t5_count(size) == expected
+
+
+def test_vit_rejects_bad_variant_and_image_size():
+  with pytest.raises(ValueError, match="Unknown ViT variant"):
+    vit.vit_config("Q/16")
+  with pytest.raises(ValueError, match="not a multiple"):
+    vit.vit_config("B/32", image_size=100)
+  module = vit.ViT(vit.vit_config("test/8", image_size=32))
+  with pytest.raises(ValueError, match="configured for 32x32"):
+    module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+
+
+def test_vocab_padding():
+  assert t5.padded_vocab_size(32100) == 32128
+  assert t5.padded_vocab_size(128) == 128
+  assert t5.padded_vocab_size(129) == 256

@@ -1,0 +1,223 @@
+"""Building blocks shared by the ViT, T5 and fusion modules.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and the
+main activations carry logical constraints, so `vlpretrain.partitioning` can map them
+onto a ('data', 'model') mesh. Names used: batch, length, embed, mlp, heads, kv,
+vocab, relpos_buckets, latents.
+"""
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Initializer = Callable[..., jnp.ndarray]
+
+ACTIVATION_AXES = ("batch", "length", "embed")
+
+
+def constrain(x, axes: Sequence[Optional[str]] = ACTIVATION_AXES):
+  """Logical sharding constraint on an activation (no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def partitioned(init: Initializer, axes: Sequence[Optional[str]]) -> Initializer:
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: no mean subtraction, no bias, computed in float32."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x32 = jnp.asarray(x, jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(variance + self.epsilon)
+    scale = self.param("scale", partitioned(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    return jnp.asarray(y * scale, self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """Standard LayerNorm (ViT, JAR's `Ln`), statistics in float32."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(
+        epsilon=self.epsilon, dtype=self.dtype, param_dtype=jnp.float32,
+        scale_init=partitioned(nn.initializers.ones, ("embed",)),
+        bias_init=partitioned(nn.initializers.zeros, ("embed",)))(x)
+
+
+def _attention_init(style: str, d_model: int, num_heads: int, head_dim: int):
+  """Initialisers for (query, key/value, output) projections.
+
+  `t5`: T5 v1.1 / Mesh TF style: no 1/sqrt(d) scaling in the attention logits; it is
+  folded into the query initialisation (std (d_model * head_dim)^-1/2).
+  `vit`: Xavier-uniform everywhere, logits scaled by 1/sqrt(head_dim).
+  """
+  if style == "t5":
+    q = nn.initializers.normal((d_model * head_dim) ** -0.5)
+    kv = nn.initializers.normal(d_model ** -0.5)
+    out = nn.initializers.normal((num_heads * head_dim) ** -0.5)
+    return q, kv, out
+  xavier = nn.initializers.xavier_uniform()  # DenseGeneral initialises a flat kernel.
+  return xavier, xavier, xavier
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention with an optional autoregressive KV cache.
+
+  Attributes:
+    num_heads, head_dim: attention geometry.
+    style: 't5' (no biases, no logit scaling) or 'vit' (biases, 1/sqrt(d) scaling).
+    out_features: output width (defaults to the query width).
+
+  Call: `(inputs_q, inputs_kv, mask=None, bias=None, decode=False, deterministic)`.
+  `mask` broadcasts to (B, heads, Lq, Lk) with True = attend; `bias` is added to the
+  logits. With `decode=True` the key/value of each new query token are written into a
+  'cache' collection at `cache_index` and the query attends to positions <= it; the
+  cache is created when the module is first called with `decode=True` on the
+  full-length input (shape (B, max_length, ...)).
+  """
+  num_heads: int
+  head_dim: int
+  style: str = "t5"
+  out_features: Optional[int] = None
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, mask=None, bias=None, decode=False,
+               deterministic=True):
+    use_bias = self.style != "t5"
+    q_init, kv_init, out_init = _attention_init(
+        self.style, inputs_q.shape[-1], self.num_heads, self.head_dim)
+    proj = lambda name, init: nn.DenseGeneral(
+        (self.num_heads, self.head_dim), axis=-1, use_bias=use_bias,
+        kernel_init=partitioned(init, ("embed", "heads", "kv")),
+        bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")),
+        dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    query = proj("query", q_init)(inputs_q)
+    key = proj("key", kv_init)(inputs_kv)
+    value = proj("value", kv_init)(inputs_kv)
+    if self.style != "t5":
+      query = query / np.sqrt(self.head_dim).astype(np.float32)
+
+    if decode:
+      key, value, mask = self._update_cache(key, value, mask)
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    return nn.DenseGeneral(
+        self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=use_bias,
+        kernel_init=partitioned(out_init, ("heads", "kv", "embed")),
+        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        dtype=self.dtype, param_dtype=jnp.float32, name="out")(out)
+
+  def _update_cache(self, key, value, mask):
+    """Writes one step's key/value into the cache; returns the full cached tensors."""
+    initialised = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
+                                 value.dtype)
+    cache_index = self.variable("cache", "cache_index",
+                                lambda: jnp.array(0, dtype=jnp.int32))
+    if not initialised:  # The call that creates the cache only sets shapes.
+      return key, value, mask
+    batch, max_length, num_heads, head_dim = cached_key.value.shape
+    if key.shape != (batch, 1, num_heads, head_dim):
+      raise ValueError(
+          f"Cached decoding takes one token per step; got key shape {key.shape}, "
+          f"cache shape {cached_key.value.shape}.")
+    index = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(
+        cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(
+        cached_value.value, value.astype(cached_value.value.dtype), (0, index, 0, 0))
+    cache_index.value = index + 1
+    step_mask = (jnp.arange(max_length) <= index)[None, None, None, :]
+    mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
+    return cached_key.value, cached_value.value, mask
+
+
+class GatedGeluMlp(nn.Module):
+  """T5 v1.1 feed-forward: (gelu(x W0) * (x W1)) W_out, no biases."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    d_model = x.shape[-1]
+    dense = lambda features, axes, name: nn.DenseGeneral(
+        features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=partitioned(nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal"), axes), name=name)
+    h = nn.gelu(dense(self.mlp_dim, ("embed", "mlp"), "wi_0")(x), approximate=True)
+    h = h * dense(self.mlp_dim, ("embed", "mlp"), "wi_1")(x)
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense(d_model, ("mlp", "embed"), "wo")(h)
+
+
+class GeluMlp(nn.Module):
+  """ViT / Transformer feed-forward: Dense(mlp_dim) -> GELU -> Dense(d), with biases."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    d_model = x.shape[-1]
+    dense = lambda features, axes, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=partitioned(nn.initializers.xavier_uniform(), axes),
+        bias_init=partitioned(nn.initializers.normal(1e-6), axes[1:]))
+    h = nn.gelu(dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x))
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense(d_model, ("mlp", "embed"), "fc2")(h)
+
+
+class TransformerLayer(nn.Module):
+  """A standard pre-LN Transformer layer (self-attention + MLP), used by ViT and JAR."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic=True):
+    d_model = x.shape[-1]
+    y = LayerNorm(dtype=self.dtype, name="pre_attention_norm")(x)
+    y = MultiHeadAttention(self.num_heads, d_model // self.num_heads, style="vit",
+                           dtype=self.dtype, name="attention")(
+                               y, y, mask=mask, deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = LayerNorm(dtype=self.dtype, name="pre_mlp_norm")(x)
+    y = GeluMlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(
+        y, deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return constrain(x)
+
+
+def dense(features: int, axes=("embed", "embed"), use_bias=True, dtype=jnp.float32,
+          name=None, kernel_init=nn.initializers.xavier_uniform()) -> nn.Dense:
+  """A projection with logical axes on its kernel (and bias)."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=partitioned(kernel_init, axes),
+                  bias_init=partitioned(nn.initializers.zeros, axes[1:]), name=name)
