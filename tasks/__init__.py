@@ -1,1 +1,3 @@
 """seqio Task and Mixture registrations. Importing this package registers them all."""
+
+from vlpretrain.tasks import shapes  # shapes_cap, shapes_vqa.
