@@ -111,3 +111,27 @@ def test_concat_memory_is_image_tokens_plus_text():
   assert bool(jnp.all(mask[:, :16]))
   other = module.apply(variables, image_b, tokens, method=module.encode)[0]
   assert float(jnp.max(jnp.abs(memory - other))) > 1e-3
+
+
+def test_remat_and_bfloat16_options_keep_the_function():
+  image, _, tokens = _inputs()
+  plain = _network(fusion.JAR(num_latents=4, num_iterations=1))
+  variables = plain.init(jax.random.PRNGKey(0), image, tokens, tokens)
+  expected = plain.apply(variables, image, tokens, tokens)
+  remat = transformer.VLTransformer(vit.vit_config("test/8", 32, remat=True),
+                                    t5.t5_config("test", vocab_size=128, remat=True),
+                                    fusion.JAR(num_latents=4, num_iterations=1))
+  np.testing.assert_allclose(np.asarray(remat.apply(variables, image, tokens, tokens)),
+                             np.asarray(expected), atol=1e-5)
+  loss = lambda m: lambda p: jnp.sum(m.apply(p, image, tokens, tokens) ** 2)
+  g_plain = jax.grad(loss(plain))(variables)
+  g_remat = jax.grad(loss(remat))(variables)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4,
+                                                                 rtol=1e-4),
+                         nn.unbox(g_plain), nn.unbox(g_remat))
+  bf16 = transformer.VLTransformer(vit.vit_config("test/8", 32, dtype="bfloat16"),
+                                   t5.t5_config("test", vocab_size=128, dtype="bfloat16"),
+                                   fusion.JAR(num_latents=4, num_iterations=1))
+  logits = bf16.apply(variables, image, tokens, tokens)
+  assert logits.dtype == jnp.float32  # The logits layer stays float32.
+  assert float(jnp.max(jnp.abs(logits - expected))) < 0.25

@@ -16,7 +16,7 @@ from vlpretrain.network import layers
 # name -> (emb_dim, num_heads, num_layers (per stack), head_dim, mlp_dim)
 T5_SIZES = {
     "test": (32, 2, 1, 16, 64),
-    "mini": (128, 4, 2, 32, 256),
+    "tiny": (128, 4, 2, 32, 256),
     "small": (512, 6, 8, 64, 1024),
     "base": (768, 12, 12, 64, 2048),
     "large": (1024, 16, 24, 64, 2816),
