@@ -67,8 +67,36 @@ def _attention_init(style: str, d_model: int, num_heads: int, head_dim: int):
     kv = nn.initializers.normal(d_model ** -0.5)
     out = nn.initializers.normal((num_heads * head_dim) ** -0.5)
     return q, kv, out
-  xavier = nn.initializers.xavier_uniform()  # DenseGeneral initialises a flat kernel.
-  return xavier, xavier, xavier
+  return (nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)),) * 2 + (
+      nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),)
+
+
+class DenseGeneral(nn.Module):
+  """x @ kernel over the last `num_contracted` axes, kernel shaped (*in, *features).
+
+  Hand-written rather than `nn.DenseGeneral`, which initialises a flattened kernel and
+  reshapes it: that breaks logical-axis boxing of multi-axis kernels under a mesh.
+  """
+  features: Sequence[int]
+  num_contracted: int
+  kernel_axes: Sequence[Optional[str]]
+  use_bias: bool = False
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = self.num_contracted
+    shape = tuple(x.shape[-n:]) + tuple(self.features)
+    kernel = self.param("kernel", partitioned(self.kernel_init, self.kernel_axes), shape,
+                        jnp.float32)
+    y = jnp.tensordot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype),
+                      axes=(tuple(range(x.ndim - n, x.ndim)), tuple(range(n))))
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros, self.kernel_axes[n:]),
+                        tuple(self.features), jnp.float32)
+      y = y + jnp.asarray(bias, self.dtype)
+    return y
 
 
 class MultiHeadAttention(nn.Module):
@@ -99,11 +127,9 @@ class MultiHeadAttention(nn.Module):
     use_bias = self.style != "t5"
     q_init, kv_init, out_init = _attention_init(
         self.style, inputs_q.shape[-1], self.num_heads, self.head_dim)
-    proj = lambda name, init: nn.DenseGeneral(
-        (self.num_heads, self.head_dim), axis=-1, use_bias=use_bias,
-        kernel_init=partitioned(init, ("embed", "heads", "kv")),
-        bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")),
-        dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    proj = lambda name, init: DenseGeneral(
+        (self.num_heads, self.head_dim), 1, ("embed", "heads", "kv"), use_bias, init,
+        self.dtype, name=name)
     query = proj("query", q_init)(inputs_q)
     key = proj("key", kv_init)(inputs_kv)
     value = proj("value", kv_init)(inputs_kv)
@@ -122,11 +148,9 @@ class MultiHeadAttention(nn.Module):
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-    return nn.DenseGeneral(
-        self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=use_bias,
-        kernel_init=partitioned(out_init, ("heads", "kv", "embed")),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-        dtype=self.dtype, param_dtype=jnp.float32, name="out")(out)
+    return DenseGeneral((self.out_features or inputs_q.shape[-1],), 2,
+                        ("heads", "kv", "embed"), use_bias, out_init, self.dtype,
+                        name="out")(out)
 
   def _update_cache(self, key, value, mask):
     """Writes one step's key/value into the cache; returns the full cached tensors."""
@@ -215,7 +239,7 @@ class TransformerLayer(nn.Module):
     return constrain(x)
 
 
-def dense(features: int, axes=("embed", "embed"), use_bias=True, dtype=jnp.float32,
+def dense(features: int, axes=(None, "embed"), use_bias=True, dtype=jnp.float32,
           name=None, kernel_init=nn.initializers.xavier_uniform()) -> nn.Dense:
   """A projection with logical axes on its kernel (and bias)."""
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,

@@ -1,0 +1,125 @@
+"""A throwaway model and seqio Task with the real interfaces, for fast trainer tests.
+
+`ToyModel` has the t5x BaseModel methods the trainer calls (`get_initial_variables`,
+`loss_fn`, FEATURE_CONVERTER_CLS); its params carry logical axis names, include a 1-D
+scale and a scalar gate (no weight decay), and it uses dropout, so sharding, decay
+masks and dropout-key handling are all exercised. `register_toy_task()` registers
+'toy_task': 64 deterministic image+text examples, no tokenizer needed.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from vlpretrain.data import features
+
+VOCAB, EMBED, MLP = 32, 16, 32
+IMAGE_SIZE, INPUT_LEN, TARGET_LEN = 8, 6, 5
+TASK_FEATURE_LENGTHS = {"inputs": INPUT_LEN, "targets": TARGET_LEN}
+
+
+def _p(init, axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+class ToyNet(nn.Module):
+  dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, image, encoder_tokens, decoder_tokens, enable_dropout=False):
+    embedding = self.param("embedding", _p(nn.initializers.normal(1.0), ("vocab", "embed")),
+                           (VOCAB, EMBED))
+    image_proj = nn.Dense(EMBED, kernel_init=_p(nn.initializers.lecun_normal(),
+                                                ("image_embed", "embed")),
+                          bias_init=_p(nn.initializers.zeros, ("embed",)), name="image")
+    context = image_proj(jnp.mean(image, axis=(1, 2)))                     # (B, E)
+    context += jnp.mean(embedding[encoder_tokens], axis=1)                 # (B, E)
+    x = embedding[decoder_tokens] + context[:, None, :]                    # (B, L, E)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    scale = self.param("norm_scale", _p(nn.initializers.ones, ("embed",)), (EMBED,))
+    gate = self.param("gate", nn.initializers.zeros, ())
+    x = x * scale
+    h = nn.Dense(MLP, use_bias=False, kernel_init=_p(nn.initializers.lecun_normal(),
+                                                     ("embed", "mlp")), name="wi")(x)
+    h = nn.Dropout(self.dropout_rate, deterministic=not enable_dropout)(nn.gelu(h))
+    x = x + jnp.tanh(gate + 0.5) * nn.Dense(
+        EMBED, use_bias=False, kernel_init=_p(nn.initializers.lecun_normal(),
+                                              ("mlp", "embed")), name="wo")(h)
+    logits = nn.Dense(VOCAB, use_bias=False, kernel_init=_p(
+        nn.initializers.lecun_normal(), ("embed", "vocab")), name="logits")(x)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+class ToyModel:
+  FEATURE_CONVERTER_CLS = features.VLEncDecFeatureConverter
+
+  def __init__(self):
+    self.module = ToyNet()
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    zeros = lambda k, d: jnp.zeros(input_shapes[k], d)
+    return self.module.init(rng, zeros("image", jnp.float32),
+                            zeros("encoder_input_tokens", jnp.int32),
+                            zeros("decoder_input_tokens", jnp.int32))
+
+  def loss_fn(self, params, batch, dropout_rng):
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    logits = self.module.apply({"params": params}, batch["image"],
+                               batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                               enable_dropout=dropout_rng is not None, rngs=rngs)
+    targets = batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    token_loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None],
+                                      axis=-1)[..., 0]
+    example_loss_sum = jnp.sum(token_loss * weights, axis=1)
+    example_token_count = jnp.sum(weights, axis=1)
+    num_tokens = jnp.maximum(jnp.sum(example_token_count), 1.0)
+    loss = jnp.sum(example_loss_sum) / num_tokens
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / num_tokens
+    return loss, {"loss": loss, "cross_ent_loss": loss, "z_loss": jnp.zeros(()),
+                  "accuracy": accuracy, "num_tokens": num_tokens,
+                  "example_loss_sum": example_loss_sum,
+                  "example_token_count": example_token_count}
+
+
+def _toy_examples(split, shuffle_files=False, seed=None):
+  del shuffle_files, seed
+  rng = np.random.RandomState(0 if split == "train" else 1)
+  n = 64
+  return tf.data.Dataset.from_tensor_slices({
+      "image": rng.uniform(-1, 1, (n, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+      "inputs": rng.randint(2, VOCAB, (n, INPUT_LEN)).astype(np.int32),
+      "targets": rng.randint(2, VOCAB, (n, TARGET_LEN - 1)).astype(np.int32),
+  })
+
+
+def register_toy_task(name: str = "toy_task", task_id=None) -> str:
+  """Registers (once) the toy task and returns its name; `task_id` adds that feature."""
+  if name in seqio.TaskRegistry.names():
+    return name
+  vocab = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
+  add_id = [] if task_id is None else [seqio.map_over_dataset(
+      lambda ex: dict(ex, task_id=tf.constant(task_id, tf.int32)))]
+  id_feature = {} if task_id is None else {
+      "task_id": seqio.ContinuousFeature(dtype=tf.int32, rank=0)}
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(_toy_examples, splits=["train", "validation"]),
+      preprocessors=[seqio.preprocessors.append_eos_after_trim] + add_id,
+      output_features={
+          "inputs": seqio.Feature(vocab, add_eos=False),
+          "targets": seqio.Feature(vocab, add_eos=True),
+          "image": seqio.ContinuousFeature(dtype=tf.float32, rank=3),
+          **id_feature,
+      })
+  return name
+
+
+def register_toy_mixture(name: str = "toy_mixture") -> str:
+  """Two toy tasks with task_id 0 and 1 (their order in `Mixture.tasks`), mixed 1:1."""
+  if name not in seqio.MixtureRegistry.names():
+    tasks = [register_toy_task(f"{name}_a", 0), register_toy_task(f"{name}_b", 1)]
+    seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
+  return name

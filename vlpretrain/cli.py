@@ -1,0 +1,48 @@
+"""The `vlpretrain` console command: `vlpretrain <subcommand> [flags]`.
+
+    vlpretrain train --gin_file=gin/jar_tiny.gin --gin.MODEL_DIR=/tmp/run
+    vlpretrain train --help      # the subcommand's flags
+"""
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# name -> (module with `main(argv)`, one-line description).
+SUBCOMMANDS = {
+    "train": ("vlpretrain.train", "Train (or resume training) a model configured by gin."),
+}
+
+USAGE = """usage: vlpretrain <subcommand> [--gin_file=FILE ...] [--gin_bindings=BINDING ...]
+                  [--gin.NAME=VALUE ...] [--gin_search_paths=DIR,...]
+
+subcommands:
+{subcommands}
+
+Run `vlpretrain <subcommand> --help` for its flags. Example:
+  vlpretrain train --gin_file=gin/jar_tiny.gin --gin.MODEL_DIR=/tmp/jar_tiny
+"""
+
+
+def _usage() -> str:
+  width = max(len(name) for name in SUBCOMMANDS)
+  lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+  return USAGE.format(subcommands="\n".join(lines))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """Dispatches `vlpretrain <subcommand> ...` to that subcommand's absl main."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  name = argv[1]
+  if name not in SUBCOMMANDS:
+    print(f"vlpretrain: unknown subcommand {name!r}.\n\n{_usage()}", file=sys.stderr)
+    sys.exit(2)
+  module = importlib.import_module(SUBCOMMANDS[name][0])
+  from vlpretrain import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.run(module.main, argv=[f"vlpretrain {name}"] + argv[2:])
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,144 @@
+"""Gin flags like t5x: --gin_file, --gin_bindings, --gin_search_paths and --gin.NAME=VALUE.
+
+    vlpretrain train --gin_file=gin/jar_tiny.gin --gin.MODEL_DIR=/tmp/run \
+        --gin.TRAIN_STEPS=100 --gin_bindings="utils.SaveCheckpointConfig.period = 50"
+"""
+import ast
+import logging as pylogging
+import os
+import re
+import sys
+from typing import Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+
+import vlpretrain
+
+# The repository's gin/ directory: always searched, so `include 'runs/pretrain.gin'` and
+# `--gin_file=jar_tiny.gin` resolve from anywhere.
+REPO_GIN_DIR = os.path.normpath(
+    os.path.join(os.path.dirname(vlpretrain.__file__), "..", "gin"))
+
+_GIN_FILE = flags.DEFINE_multi_string(
+    "gin_file", default=[], help="Gin config file(s); later files override earlier ones.")
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", default=[],
+    help="Individual gin bindings, applied after the files, e.g. 'TRAIN_STEPS = 10'. "
+    "`--gin.NAME=VALUE` is shorthand for `--gin_bindings='NAME = VALUE'`.")
+_GIN_SEARCH_PATHS = flags.DEFINE_list(
+    "gin_search_paths", default=["."],
+    help="Directories searched for gin files and includes; the repo's gin/ directory is "
+    "always searched last.")
+_MULTIPROCESS = flags.DEFINE_bool(
+    "multiprocess", False,
+    "Multi-host run: call jax.distributed.initialize() before anything touches the "
+    "devices (same as VLPRETRAIN_MULTIPROCESS=1).")
+
+
+def multiprocess_requested() -> bool:
+  """True if --multiprocess was passed (flags parsed) or VLPRETRAIN_MULTIPROCESS=1."""
+  flag = _MULTIPROCESS.value if flags.FLAGS.is_parsed() else False
+  return flag or os.environ.get("VLPRETRAIN_MULTIPROCESS", "0").lower() in ("1", "true")
+
+
+def _as_gin_value(value: str) -> str:
+  """Leaves gin syntax alone; quotes a bare word/path so `--gin.MODEL_DIR=/tmp/x` works."""
+  stripped = value.strip()
+  if (stripped[:1] in tuple("@%[{('\"") or "@" in stripped or "%" in stripped or
+      stripped in ("True", "False", "None")):
+    return value  # gin syntax (references, macros, containers, quoted strings).
+  try:
+    ast.literal_eval(stripped)
+    return value
+  except (ValueError, SyntaxError):
+    return repr(stripped)
+
+
+def rewrite_gin_args(args: Sequence[str]) -> list[str]:
+  """Rewrites `--gin.NAME=VALUE` into `--gin_bindings=NAME = VALUE` (t5x's helper).
+
+  VALUE is gin syntax (`10`, `'shapes_cap'`, `@foo()`, `%BAR`, `{'inputs': 32}`); a value
+  that is not (a bare path or word) is taken as a string.
+  """
+  def rewrite(arg):
+    if not arg.startswith("--gin."):
+      return arg
+    if "=" not in arg:
+      raise ValueError(f"Gin flag {arg!r} has no value; write --gin.NAME=VALUE.")
+    name, value = arg[len("--gin."):].split("=", 1)
+    return f"--gin_bindings={name} = {_as_gin_value(value)}"
+
+  return [rewrite(arg) for arg in args]
+
+
+# Module aliases that gin files import (`from vlpretrain import train as train_script`).
+# Command-line bindings are parsed without those imports, so `train_script.train.X = 1`
+# is rewritten to `vlpretrain.train.train.X = 1`; the other modules (`utils.`,
+# `partitioning.`, ...) already match by their own names.
+_BINDING_ALIASES = {"train_script": "vlpretrain.train"}
+_ALIAS_RE = re.compile(r"^(\s*(?:[\w.]+/)*)(%s)\." % "|".join(_BINDING_ALIASES))
+
+
+def _resolve_aliases(binding: str) -> str:
+  return _ALIAS_RE.sub(lambda m: m.group(1) + _BINDING_ALIASES[m.group(2)] + ".",
+                       binding)
+
+
+def _hide_path_not_found(record: pylogging.LogRecord) -> bool:
+  return not str(record.msg).startswith(("Path not found", "system_path_file_exists"))
+
+
+def parse_gin_flags(gin_search_paths: Sequence[str],
+                    gin_files: Sequence[str],
+                    gin_bindings: Sequence[str],
+                    finalize_config: bool = True) -> None:
+  """Adds search paths, parses files then bindings, and (by default) finalizes gin."""
+  paths = list(gin_search_paths)
+  if os.path.isdir(REPO_GIN_DIR) and REPO_GIN_DIR not in paths:
+    paths.append(REPO_GIN_DIR)
+  for path in paths:
+    gin.add_config_file_search_path(path)
+  if not gin_files:
+    raise app.UsageError("No --gin_file given, e.g. --gin_file=gin/jar_tiny.gin.")
+  # gin logs every search path it tries, and an ERROR for each one a file is *not*
+  # in; hide those (a file found nowhere still raises).
+  gin_logger = pylogging.getLogger()
+  gin_logger.addFilter(_hide_path_not_found)
+  try:
+    gin.parse_config_files_and_bindings(gin_files,
+                                        [_resolve_aliases(b) for b in gin_bindings],
+                                        finalize_config=finalize_config)
+  finally:
+    gin_logger.removeFilter(_hide_path_not_found)
+  logging.info("Gin files: %s; bindings: %s", list(gin_files), list(gin_bindings))
+
+
+def parse_gin_flags_from_command_line(finalize_config: bool = True) -> None:
+  """`parse_gin_flags` with the values of the absl flags defined above."""
+  parse_gin_flags(_GIN_SEARCH_PATHS.value, _GIN_FILE.value, _GIN_BINDINGS.value,
+                  finalize_config=finalize_config)
+
+
+def write_config(model_dir: str, filename: str = "config.gin") -> Optional[str]:
+  """Writes the full gin config into MODEL_DIR (process 0 only); returns the path."""
+  import jax  # Deferred: importing jax is slow and not needed for flag parsing.
+  if jax.process_index() != 0:
+    return None
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, filename)
+  with open(path, "w") as f:
+    f.write(gin.config_str())
+  return path
+
+
+def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = None):
+  """`absl.app.run(main)` that understands `--gin.NAME=VALUE`."""
+  argv = list(sys.argv if argv is None else argv)
+  # `--help` lists the flags of the module named sys.argv[0]: make that ours.
+  sys.argv[:1] = argv[:1]
+  for flag in flags.FLAGS.get_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(argv[0], flag)
+  app.run(main, argv=rewrite_gin_args(argv))

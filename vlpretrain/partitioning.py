@@ -1,0 +1,178 @@
+"""Device mesh, logical axis rules and shardings (t5x's `PjitPartitioner`, on `jax.jit`).
+
+Parameters and activations name their axes logically (`batch`, `embed`, `mlp`, ...); the
+rules below map those names onto the two mesh axes `('data', 'model')`. Data parallelism
+shards the batch over `data`; `num_partitions > 1` shards the wide dimensions (vocab,
+mlp, heads) over `model`.
+
+    partitioner = PjitPartitioner(num_partitions=2)
+    shardings = partitioner.variable_shardings(jax.eval_shape(init_fn))   # boxed tree
+    with partitioner.activate():                  # mesh + rules while tracing
+      state = jax.jit(init_fn, out_shardings=shardings)()
+"""
+import contextlib
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import logging
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import seqio
+
+LogicalAxisRules = Sequence[tuple[str, Optional[str]]]
+DATA_AXIS, MODEL_AXIS = "data", "model"
+
+
+@gin.configurable
+def standard_logical_axis_rules() -> LogicalAxisRules:
+  """Logical axis name -> mesh axis. Names not listed here are replicated (None)."""
+  return (
+      ("batch", DATA_AXIS),
+      ("vocab", MODEL_AXIS),
+      ("mlp", MODEL_AXIS),
+      ("heads", MODEL_AXIS),
+      ("joined_kv", MODEL_AXIS),
+      # Replicated: the model dimension, sequence axes and the small ViT/JAR axes.
+      ("embed", None),
+      ("kv", None),
+      ("length", None),
+      ("relpos_buckets", None),
+      ("latents", None),
+      ("image_embed", None),
+      ("image_tokens", None),
+      ("patch", None),
+      ("channels", None),
+      ("height", None),
+      ("width", None),
+      ("layers", None),
+      ("stack", None),
+  )
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()` for a multi-process (multi-host) run.
+
+  Call it before anything touches the devices. On Cloud TPU and SLURM jax finds the
+  coordinator by itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID. Each process then reads its own input shard (`get_data_shard_info`).
+  """
+  jax.distributed.initialize()
+  logging.info("jax.distributed initialised: process %d of %d, %d devices in all.",
+               jax.process_index(), jax.process_count(), jax.device_count())
+
+
+@gin.configurable
+class PjitPartitioner:
+  """Builds the ('data', 'model') mesh over all devices and hands out shardings.
+
+  Args:
+    num_partitions: size of the `model` mesh axis (1 = pure data parallelism).
+    model_parallel_submesh: t5x's alternative to `num_partitions`: a tuple whose product
+      is the `model` axis size (the physical layout is left to `jax.make_mesh`).
+    logical_axis_rules: logical name -> mesh axis pairs; default
+      `standard_logical_axis_rules()`.
+  """
+
+  def __init__(self,
+               num_partitions: Optional[int] = 1,
+               model_parallel_submesh: Optional[Sequence[int]] = None,
+               logical_axis_rules: Optional[LogicalAxisRules] = None):
+    if model_parallel_submesh is not None:
+      submesh_size = math.prod(model_parallel_submesh)
+      if num_partitions not in (None, 1, submesh_size):
+        raise ValueError(
+            f"PjitPartitioner: num_partitions={num_partitions} disagrees with "
+            f"model_parallel_submesh={tuple(model_parallel_submesh)} (product "
+            f"{submesh_size}). Set only one of them.")
+      num_partitions = submesh_size
+    num_partitions = num_partitions or 1
+    num_devices = jax.device_count()
+    if num_devices % num_partitions:
+      raise ValueError(
+          f"PjitPartitioner.num_partitions={num_partitions} does not divide the "
+          f"{num_devices} available devices. Bind "
+          f"--gin.partitioning.PjitPartitioner.num_partitions to a divisor of "
+          f"{num_devices}.")
+    self.num_partitions = num_partitions
+    self.logical_axis_rules = tuple(
+        logical_axis_rules if logical_axis_rules is not None
+        else standard_logical_axis_rules())
+    self.mesh = jax.make_mesh(
+        (num_devices // num_partitions, num_partitions), (DATA_AXIS, MODEL_AXIS),
+        axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+  # ---------------------------------------------------------------------------
+  # Sizes and per-host input sharding.
+  # ---------------------------------------------------------------------------
+  @property
+  def data_axis_size(self) -> int:
+    return self.mesh.shape[DATA_AXIS]
+
+  def get_data_shard_info(self) -> seqio.ShardInfo:
+    """Which slice of the data this host reads: one shard per process."""
+    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+  def check_batch_size(self, global_batch_size: int) -> None:
+    """Raises if the global batch cannot be split over hosts and the data axis."""
+    if global_batch_size % self.data_axis_size or global_batch_size % jax.process_count():
+      raise ValueError(
+          f"Batch size {global_batch_size} must be divisible by the data-parallel "
+          f"mesh size {self.data_axis_size} and the number of processes "
+          f"{jax.process_count()}. Change --gin.BATCH_SIZE or "
+          f"partitioning.PjitPartitioner.num_partitions.")
+
+  # ---------------------------------------------------------------------------
+  # Shardings.
+  # ---------------------------------------------------------------------------
+  @property
+  def replicated(self) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    """Leading (batch) dimension over 'data', everything else replicated."""
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+  def variable_shardings(self, boxed_tree: Any) -> Any:
+    """`NamedSharding`s for a tree of `nn.LogicallyPartitioned` boxes (or abstract ones).
+
+    The result has the structure of the *unboxed* tree; unboxed leaves are replicated.
+    """
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), self.mesh,
+                                       self.logical_axis_rules)
+
+  def optimizer_state_shardings(self, abstract_opt_state: Any, abstract_params: Any,
+                                param_shardings: Any) -> Any:
+    """Shards optimizer-state leaves like the param they mirror; replicates the rest.
+
+    Adam's `mu`/`nu` are copies of the params tree inside the optax state, so a state
+    leaf whose key path ends with a param's key path (and has its shape) gets that
+    param's sharding. Counters and other leaves are replicated. This works for any optax
+    chain, masked or not, without re-running its `init`.
+    """
+    by_path = {}
+    flat_params, _ = jax.tree_util.tree_flatten_with_path(abstract_params)
+    for (path, leaf), sharding in zip(flat_params, jax.tree.leaves(param_shardings)):
+      by_path[tuple(path)] = (leaf.shape, sharding)
+
+    def pick(path, leaf):
+      for start in range(len(path)):
+        hit = by_path.get(tuple(path[start:]))
+        if hit is not None and hit[0] == getattr(leaf, "shape", None):
+          return hit[1]
+      return self.replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+  def shard_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This host's batch slice (numpy) -> global `jax.Array`s sharded over 'data'."""
+    sharding = self.batch_sharding()
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+  @contextlib.contextmanager
+  def activate(self):
+    """The mesh and the logical axis rules, active while model code is traced."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.logical_axis_rules):
+      yield

@@ -1,0 +1,481 @@
+r"""Training entry point (t5x's `train.py`), configured with gin.
+
+    vlpretrain train --gin_file=gin/jar_tiny.gin --gin.MODEL_DIR=/tmp/jar_tiny
+    python -m vlpretrain.train --gin_file=gin/jar_tiny.gin --gin.TRAIN_STEPS=100
+
+`train()` reads top to bottom in sections: mesh, input, model and optimizer (created
+directly sharded), checkpoint restore, train step, evals, loop. It resumes by itself from
+the latest checkpoint in MODEL_DIR/checkpoints: params, optimizer state, step and each
+host's tf.data iterator are restored, and dropout keys are `fold_in(key, step)`, so a
+resumed run trains on exactly the batches, with exactly the randomness, of an
+uninterrupted one.
+"""
+import dataclasses
+import logging as pylogging
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from absl import logging
+from clu import metric_writers
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import seqio
+import tensorflow as tf
+
+from vlpretrain import gin_utils
+from vlpretrain import partitioning
+from vlpretrain import utils
+
+# Model-input features whose shapes `get_initial_variables` needs.
+_INIT_FEATURES = ("image", "encoder_input_tokens", "decoder_input_tokens")
+
+
+# -----------------------------------------------------------------------------
+# Checkpointing the tf.data iterator: one tf.train.Checkpoint per host, written as an
+# orbax item ("dataset") inside each step directory, so it is saved, kept and deleted
+# atomically together with the model state.
+# -----------------------------------------------------------------------------
+def _iterator_prefix(directory) -> str:
+  return os.path.join(os.fspath(directory),
+                      f"process_{jax.process_index():03d}-of-{jax.process_count():03d}")
+
+
+class DatasetIteratorHandler(ocp.CheckpointHandler):
+  """Saves/restores this host's tf.data iterator (`tf.train.Checkpoint`)."""
+
+  def save(self, directory, args: "DatasetIteratorArgs"):
+    try:
+      tf.train.Checkpoint(iterator=args.iterator).write(_iterator_prefix(directory))
+    except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
+      raise RuntimeError(
+          "Could not save the tf.data iterator state: the input pipeline has an op that "
+          "cannot be checkpointed (e.g. tf.py_function). Set "
+          "--gin.utils.SaveCheckpointConfig.save_dataset=False; a resumed run then skips "
+          f"the batches already seen instead. ({e})") from e
+
+  def restore(self, directory, args: "DatasetIteratorArgs"):
+    prefix = _iterator_prefix(directory)
+    if not tf.io.gfile.exists(prefix + ".index"):
+      raise FileNotFoundError(
+          f"No data iterator state for process {jax.process_index()} of "
+          f"{jax.process_count()} in {directory}: the checkpoint was written with a "
+          "different number of hosts. Resume with the same number of hosts, or set "
+          "--gin.utils.RestoreCheckpointConfig.restore_dataset=False.")
+    tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DatasetIteratorHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class DatasetIteratorArgs(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+def _cast_floats(tree, dtype):
+  """Casts floating-point leaves (arrays or ShapeDtypeStructs) to `dtype`."""
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
+    return x.astype(dtype)
+  return jax.tree.map(cast, tree)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _task_names(cfg: utils.DatasetConfig) -> Optional[list[str]]:
+  """Names indexed by `task_id` when training on a Mixture (None for a single Task)."""
+  provider = utils.get_mixture_or_task(cfg)
+  tasks = getattr(provider, "tasks", None)
+  if tasks is None or isinstance(provider, seqio.Task):
+    return None
+  return [t.name for t in tasks]
+
+
+@gin.configurable
+def train(*,
+          model,
+          train_dataset_cfg: utils.DatasetConfig,
+          partitioner: partitioning.PjitPartitioner,
+          model_dir: str,
+          total_steps: int,
+          checkpoint_cfg: Optional[utils.CheckpointConfig] = None,
+          train_eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+          eval_steps: int = 20,
+          eval_period: int = 1000,
+          log_period: int = 100,
+          random_seed: Optional[int] = 0,
+          optimizer: Optional[optax.GradientTransformation] = None,
+          learning_rate_fn: Optional[Callable[[int], Any]] = None):
+  """Trains `model` for `total_steps` steps, resuming from MODEL_DIR if it can.
+
+  Args:
+    model: t5x-style model (`loss_fn`, `get_initial_variables`, FEATURE_CONVERTER_CLS).
+    train_dataset_cfg: the training data (global batch size; each host reads its shard).
+    partitioner: the mesh and logical axis rules.
+    model_dir: where checkpoints, TensorBoard events and config.gin go.
+    total_steps: train until the step counter reaches this (a resumed run continues).
+    checkpoint_cfg: save period/keep and an optional warm-start checkpoint.
+    train_eval_dataset_cfg: if set, every `eval_period` steps the mean loss/accuracy
+      over `eval_steps` batches of it is logged (deterministic, no dropout).
+    log_period: steps between log lines and metric writes.
+    random_seed: seeds init and dropout (None: a fresh seed, logged).
+    optimizer: an optax transformation (pretrain.gin: `optimizers.adamw`).
+    learning_rate_fn: the schedule the optimizer uses; only for logging.
+
+  Returns:
+    (final step, final train state dict with 'step', 'params', 'opt_state').
+  """
+  # ---------------------------------------------------------------------------
+  # Check the configuration before touching devices or data.
+  # ---------------------------------------------------------------------------
+  if not train_dataset_cfg.mixture_or_task_name:
+    raise ValueError(
+        "MIXTURE_OR_TASK_NAME is unset: pass --gin.MIXTURE_OR_TASK_NAME=\"'<name>'\" "
+        "(e.g. 'shapes_cap') or bind it in your gin file.")
+  if not train_dataset_cfg.task_feature_lengths:
+    raise ValueError(
+        "TASK_FEATURE_LENGTHS is unset: pass e.g. "
+        "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 32, 'targets': 32}\".")
+  if optimizer is None:
+    raise ValueError("train.optimizer is unset: bind train_script.train.optimizer = "
+                     "@optimizers.adamw() (runs/pretrain.gin does).")
+  if not model_dir:
+    raise ValueError("MODEL_DIR is empty: pass --gin.MODEL_DIR=/path/to/run.")
+  checkpoint_cfg = checkpoint_cfg or utils.CheckpointConfig()
+  save_cfg = checkpoint_cfg.save or utils.SaveCheckpointConfig()
+  restore_cfg = checkpoint_cfg.restore or utils.RestoreCheckpointConfig()
+  if random_seed is None:
+    random_seed = int(time.time_ns() % 2**31)
+    logging.info("random_seed=None: using %d.", random_seed)
+  try:
+    tf.config.set_visible_devices([], "GPU")  # tf.data only; accelerators are jax's.
+  except RuntimeError:  # TF already initialised its devices (e.g. a second run).
+    pass
+  is_primary = jax.process_index() == 0
+  if is_primary:
+    os.makedirs(model_dir, exist_ok=True)
+    if gin.config_str():
+      gin_utils.write_config(model_dir)
+
+  # ---------------------------------------------------------------------------
+  # Mesh.
+  # ---------------------------------------------------------------------------
+  mesh = partitioner.mesh
+  logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape),
+               jax.device_count(), jax.process_count())
+  global_batch_size = train_dataset_cfg.batch_size
+  partitioner.check_batch_size(global_batch_size)
+
+  # ---------------------------------------------------------------------------
+  # Checkpoint manager. Looked at before building the input pipeline, because a
+  # checkpoint without data iterator state means the pipeline must skip batches.
+  # ---------------------------------------------------------------------------
+  ckpt_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
+  manager = ocp.CheckpointManager(
+      ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=save_cfg.keep,
+                                                     create=True))
+  resume_step = manager.latest_step()
+  resume_data = resume_step is not None and restore_cfg.restore_dataset
+  has_data_state = (resume_step is not None and
+                    (manager.directory / str(resume_step) / "dataset").exists())
+
+  # ---------------------------------------------------------------------------
+  # Input: this host's shard of the global batch, as model features.
+  # ---------------------------------------------------------------------------
+  shard = partitioner.get_data_shard_info()
+  feature_converter_cls = model.FEATURE_CONVERTER_CLS
+  train_ds = utils.get_dataset(train_dataset_cfg, shard.index, shard.num_shards,
+                               feature_converter_cls)
+  if resume_data and not has_data_state:
+    # Fallback for checkpoints saved with save_dataset=False: a deterministic pipeline
+    # (fixed seed) re-read from the start, skipping the batches already trained on.
+    logging.info("Checkpoint %d has no data iterator state: skipping %d batches.",
+                 resume_step, resume_step)
+    train_ds = train_ds.skip(resume_step)
+  train_iter = iter(train_ds)
+  spec = train_ds.element_spec
+  for name in _INIT_FEATURES:
+    if name not in spec:
+      raise ValueError(f"The feature converter {feature_converter_cls.__name__} gives "
+                       f"no {name!r} feature (it gives {sorted(spec)}).")
+  task_names = _task_names(train_dataset_cfg) if "task_id" in spec else None
+
+  # ---------------------------------------------------------------------------
+  # Model and optimizer, created directly sharded. Shapes come from eval_shape (no
+  # memory); the boxed params' logical axis names give their shardings.
+  # ---------------------------------------------------------------------------
+  init_batch = partitioner.data_axis_size  # Param shapes do not depend on it.
+  input_shapes = {k: (init_batch,) + tuple(spec[k].shape[1:]) for k in _INIT_FEATURES}
+  input_types = {k: spec[k].dtype.as_numpy_dtype for k in _INIT_FEATURES}
+  init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(random_seed))
+
+  def init_boxed(rng):
+    params = model.get_initial_variables(rng, input_shapes, input_types)["params"]
+    return params, optimizer.init(nn.meta.unbox(params))
+
+  def init_state(rng):
+    params, opt_state = init_boxed(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": nn.meta.unbox(params),
+            "opt_state": opt_state}
+
+  with partitioner.activate():
+    boxed_params, abstract_opt_state = jax.eval_shape(init_boxed, init_rng)
+  abstract_params = jax.tree.map(  # Unbox without applying sharding constraints.
+      lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed_params,
+      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  param_shardings = partitioner.variable_shardings(boxed_params)
+  state_shardings = {
+      "step": partitioner.replicated,
+      "params": param_shardings,
+      "opt_state": partitioner.optimizer_state_shardings(
+          abstract_opt_state, abstract_params, param_shardings),
+  }
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+       "opt_state": abstract_opt_state}, state_shardings)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+  logging.info("Model: %s parameters.", f"{num_params:,}")
+
+  # ---------------------------------------------------------------------------
+  # Restore, in this order: (1) the latest checkpoint in MODEL_DIR (resume: state,
+  # step and data iterator), else (2) RestoreCheckpointConfig.path (warm start:
+  # params only), else (3) fresh init.
+  # ---------------------------------------------------------------------------
+  if resume_step is not None:
+    logging.info("Resuming from checkpoint at step %d (%s).", resume_step, ckpt_dir)
+    target = abstract_state
+    if restore_cfg.dtype:
+      target = dict(target, params=_cast_floats(target["params"], restore_cfg.dtype))
+    items = {"state": ocp.args.StandardRestore(target)}
+    if resume_data and has_data_state:
+      items["dataset"] = DatasetIteratorArgs(train_iter)
+    elif not resume_data:
+      logging.warning("restore_dataset=False: the data restarts from the beginning.")
+    state = manager.restore(resume_step, args=ocp.args.Composite(**items))["state"]
+  else:
+    with partitioner.activate():
+      state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    if restore_cfg.path:
+      state["params"] = _restore_params(restore_cfg, abstract_params, param_shardings)
+  start_step = int(jax.device_get(state["step"]))
+
+  # ---------------------------------------------------------------------------
+  # Train step: grad of the model's loss, optax update; state donated.
+  # ---------------------------------------------------------------------------
+  def train_step(state, batch):
+    dropout_rng = jax.random.fold_in(dropout_key, state["step"])
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    (loss, aux), grads = grad_fn(state["params"], batch, dropout_rng)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
+    metrics["loss"] = loss
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    if task_names is not None and "example_loss_sum" in aux:
+      seg = lambda x: jax.ops.segment_sum(x, batch["task_id"], len(task_names))
+      metrics["task_loss_sum"] = seg(aux["example_loss_sum"])
+      metrics["task_token_count"] = seg(aux["example_token_count"])
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, metrics
+
+  p_train_step = jax.jit(train_step, donate_argnums=(0,),
+                         out_shardings=(state_shardings, partitioner.replicated))
+
+  # ---------------------------------------------------------------------------
+  # Evals: mean deterministic loss over `eval_steps` batches of a held-out split.
+  # ---------------------------------------------------------------------------
+  def eval_step(params, batch):
+    _, aux = model.loss_fn(params, batch, None)
+    return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
+
+  p_eval_step = jax.jit(eval_step, out_shardings=partitioner.replicated)
+
+  def run_train_eval(params) -> dict[str, float]:
+    ds = utils.get_dataset(train_eval_dataset_cfg, shard.index, shard.num_shards,
+                           feature_converter_cls, num_epochs=1).take(eval_steps)
+    results = [p_eval_step(params, partitioner.shard_batch(b))
+               for b in ds.as_numpy_iterator()]
+    if not results:
+      raise ValueError(f"train_eval dataset {train_eval_dataset_cfg.split!r} of "
+                       f"{train_eval_dataset_cfg.mixture_or_task_name!r} gave no "
+                       "full batch: lower its batch_size.")
+    return {k: float(np.mean([r[k] for r in jax.device_get(results)]))
+            for k in results[0]}
+
+  # ---------------------------------------------------------------------------
+  # Loop. The loss of step s is checked while step s+1 runs, so a non-finite loss
+  # stops training one step later without stalling the device every step.
+  # ---------------------------------------------------------------------------
+  writer = metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(os.path.join(model_dir, "train"))]
+      if is_primary else [])
+  eval_writer = metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(os.path.join(model_dir, "training_eval"))]
+      if is_primary and train_eval_dataset_cfg else [])
+  if start_step >= total_steps:
+    logging.info("Checkpoint step %d >= TRAIN_STEPS=%d: nothing to train.",
+                 start_step, total_steps)
+  with partitioner.activate():  # Mesh + rules while the steps are traced.
+    last_saved = resume_step
+    pending, prev = [], None  # Metrics since the last log line; the previous step's.
+    t_log, step_log = time.time(), start_step
+    step = start_step
+    while step < total_steps:
+      batch = partitioner.shard_batch(
+          jax.tree.map(lambda t: t.numpy(), next(train_iter)))
+      state, metrics = p_train_step(state, batch)
+      step += 1
+      _raise_if_not_finite(prev)
+      prev = (step, metrics)
+      pending.append(metrics)
+      if step == start_step + 1 and step % log_period and step != total_steps:
+        jax.block_until_ready(metrics)  # Keep compilation out of steps/s.
+        t_log, step_log = time.time(), step
+
+      if step % log_period == 0 or step == total_steps:
+        _raise_if_not_finite(prev)
+        summary = _summarize(jax.device_get(pending), task_names)
+        pending = []
+        dt = time.time() - t_log
+        steps_per_s = (step - step_log) / max(dt, 1e-9)
+        t_log, step_log = time.time(), step
+        summary["learning_rate"] = (float(learning_rate_fn(step - 1))
+                                    if learning_rate_fn else float("nan"))
+        summary["steps_per_sec"] = steps_per_s
+        summary["examples_per_sec"] = steps_per_s * global_batch_size
+        writer.write_scalars(step, summary)
+        logging.info(_log_line(step, total_steps, summary, task_names))
+
+      if train_eval_dataset_cfg and (step % eval_period == 0 or step == total_steps):
+        eval_metrics = run_train_eval(state["params"])
+        eval_writer.write_scalars(step, eval_metrics)
+        logging.info("eval step %d | %s", step,
+                     " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
+
+      if (save_cfg.period and step % save_cfg.period == 0) or step == total_steps:
+        _save_checkpoint(manager, step, state, train_iter, save_cfg)
+        last_saved = step
+
+  # ---------------------------------------------------------------------------
+  # Finish: a checkpoint of the final step exists and everything is flushed.
+  # ---------------------------------------------------------------------------
+  if last_saved != step:  # Only when no step ran and MODEL_DIR had no checkpoint.
+    _save_checkpoint(manager, step, state, train_iter, save_cfg)
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  eval_writer.close()
+  return step, state
+
+
+def _save_checkpoint(manager, step, state, train_iter, save_cfg):
+  """Saves state (+ this host's data iterator) as MODEL_DIR/checkpoints/<step>."""
+  to_save = state if not save_cfg.dtype else dict(
+      state, params=_cast_floats(state["params"], save_cfg.dtype))
+  items = {"state": ocp.args.StandardSave(to_save)}
+  if save_cfg.save_dataset:
+    items["dataset"] = DatasetIteratorArgs(train_iter)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
+  logging.info("Saved checkpoint for step %d.", step)
+
+
+def _restore_params(restore_cfg, abstract_params, param_shardings):
+  """Params (only) from RestoreCheckpointConfig.path: a warm start."""
+  path = restore_cfg.path
+  if restore_cfg.mode == "latest":
+    with ocp.CheckpointManager(path) as mgr:
+      step = mgr.latest_step()
+      if step is None:
+        raise FileNotFoundError(
+            f"utils.RestoreCheckpointConfig.path={path!r} holds no checkpoint steps. "
+            "Point it at a MODEL_DIR/checkpoints directory, or use mode='specific' with "
+            "a step directory.")
+      path = os.path.join(path, str(step))
+  logging.info("Initialising params from %s.", path)
+  target = {"params": jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_params, param_shardings)}
+  if restore_cfg.dtype:
+    target["params"] = _cast_floats(target["params"], restore_cfg.dtype)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+    restored = ckptr.restore(
+        os.path.join(path, "state"),
+        args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+  return restored["params"]
+
+
+def _raise_if_not_finite(step_and_metrics):
+  if step_and_metrics is None:
+    return
+  step, metrics = step_and_metrics
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f"Non-finite loss {loss} at step {step}. Lower the learning rate "
+        "(utils.create_learning_rate_scheduler.base_learning_rate), check the data, or "
+        "resume from an earlier checkpoint in MODEL_DIR/checkpoints.")
+
+
+def _summarize(per_step: Sequence[Mapping[str, Any]], task_names) -> dict[str, float]:
+  """Means of the scalar metrics over the period, and per-task token-weighted losses."""
+  summary = {k: float(np.mean([m[k] for m in per_step]))
+             for k in per_step[0] if np.ndim(per_step[0][k]) == 0}
+  if task_names is not None and "task_loss_sum" in per_step[0]:
+    loss_sum = np.sum([m["task_loss_sum"] for m in per_step], axis=0)
+    count = np.sum([m["task_token_count"] for m in per_step], axis=0)
+    for name, l, c in zip(task_names, loss_sum, count):
+      if c > 0:
+        summary[f"task_loss/{name}"] = float(l / c)
+  return summary
+
+
+def _log_line(step, total_steps, summary, task_names) -> str:
+  eta = (total_steps - step) / max(summary["steps_per_sec"], 1e-9)
+  parts = [f"step {step}/{total_steps}", f"loss {summary['loss']:.4f}",
+           f"lr {summary['learning_rate']:.3g}", f"{summary['steps_per_sec']:.2f} steps/s",
+           f"{summary['examples_per_sec']:.1f} examples/s", f"ETA {_format_duration(eta)}"]
+  if task_names:
+    parts.append(" ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in summary.items()
+                          if k.startswith("task_loss/")))
+  return " | ".join(parts)
+
+
+class _QuietOrbaxInfo(pylogging.Filter):
+  """Drops orbax's many INFO lines from the console, so our one line per period shows."""
+
+  def filter(self, record):
+    return record.levelno > pylogging.INFO or "/orbax/" not in record.pathname
+
+
+def main(argv: Sequence[str]) -> None:
+  """absl main: parse gin flags, then `train()` with everything bound by gin."""
+  if len(argv) > 1:
+    raise gin_utils.app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietOrbaxInfo())
+  if gin_utils.multiprocess_requested():
+    partitioning.initialize_distributed()
+  gin_utils.parse_gin_flags_from_command_line()
+  train()  # pylint: disable=missing-kwoa  (all arguments come from gin)
+
+
+if __name__ == "__main__":
+  # Run the imported module's main, not this __main__ copy: gin binds `train` under
+  # the module name `vlpretrain.train` (see gin/runs/pretrain.gin).
+  from vlpretrain import train as _train_module  # pylint: disable=import-self
+  gin_utils.run(_train_module.main)

@@ -1,0 +1,188 @@
+"""Gin-configurable run pieces with t5x's names: dataset/checkpoint configs, LR schedules."""
+import dataclasses
+import importlib
+from typing import Mapping, Optional
+
+from absl import logging
+import gin
+import optax
+import seqio
+import tensorflow as tf
+
+
+# -----------------------------------------------------------------------------
+# Configs.
+# -----------------------------------------------------------------------------
+@gin.configurable
+@dataclasses.dataclass
+class DatasetConfig:
+  """Which seqio Task/Mixture to read and how (t5x's `utils.DatasetConfig`).
+
+  `batch_size` is global: each of the N hosts reads `batch_size // N` examples per step.
+  `module` is imported first so that its Task/Mixture registrations run.
+  """
+  mixture_or_task_name: Optional[str]
+  task_feature_lengths: Mapping[str, int]
+  split: str
+  batch_size: int
+  shuffle: bool
+  seed: Optional[int]
+  use_cached: bool = False
+  pack: bool = False
+  module: Optional[str] = None
+
+
+@gin.configurable
+@dataclasses.dataclass
+class SaveCheckpointConfig:
+  """When and what to checkpoint.
+
+  period: save every `period` steps (and always at the end of training).
+  keep: number of most recent checkpoints kept; None keeps all.
+  dtype: cast floating-point params to this dtype when writing (None: as trained).
+  save_dataset: also save each host's tf.data iterator state, so a resumed run reads
+    exactly the batches an uninterrupted run would have read.
+  """
+  period: int = 1000
+  keep: Optional[int] = None
+  dtype: Optional[str] = None
+  save_dataset: bool = True
+
+
+@gin.configurable
+@dataclasses.dataclass
+class RestoreCheckpointConfig:
+  """Where to start from when MODEL_DIR holds no checkpoint yet.
+
+  path: a checkpoint directory written by `train` (mode='latest': MODEL_DIR/checkpoints
+    or any orbax CheckpointManager directory; mode='specific': one step directory).
+    Only the params are taken from it (a warm start); step, optimizer and data start
+    fresh. A checkpoint in MODEL_DIR always wins: training resumes from it.
+  dtype: cast restored floating-point params to this dtype (None: the model's dtype).
+  restore_dataset: when resuming from MODEL_DIR, restore the data iterator state too.
+  """
+  path: Optional[str] = None
+  mode: str = "latest"
+  dtype: Optional[str] = None
+  restore_dataset: bool = True
+
+  def __post_init__(self):
+    if self.mode not in ("latest", "specific"):
+      raise ValueError(
+          f"utils.RestoreCheckpointConfig.mode={self.mode!r} is not supported; use "
+          "'latest' or 'specific'.")
+
+
+@gin.configurable
+@dataclasses.dataclass
+class CheckpointConfig:
+  """t5x's `utils.CheckpointConfig`: the save and restore halves."""
+  save: Optional[SaveCheckpointConfig] = None
+  restore: Optional[RestoreCheckpointConfig] = None
+
+
+# -----------------------------------------------------------------------------
+# Datasets.
+# -----------------------------------------------------------------------------
+def get_mixture_or_task(cfg: DatasetConfig):
+  """Imports `cfg.module` (or vlpretrain.tasks) and returns the seqio Task/Mixture."""
+  if not cfg.mixture_or_task_name:
+    raise ValueError(
+        "No dataset given: MIXTURE_OR_TASK_NAME is unset. Pass "
+        "--gin.MIXTURE_OR_TASK_NAME=\"'<task or mixture>'\" (e.g. 'shapes_cap') or bind "
+        "it in your gin file.")
+  if cfg.module:
+    importlib.import_module(cfg.module)
+  name = cfg.mixture_or_task_name
+  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    importlib.import_module("vlpretrain.tasks")  # The project's own registrations.
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise ValueError(
+        f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio Task or Mixture. "
+        f"Register it in a module and pass --gin.MIXTURE_OR_TASK_MODULE=\"'my.module'\". "
+        f"({e})") from None
+
+
+def get_dataset(cfg: DatasetConfig,
+                shard_id: int,
+                num_shards: int,
+                feature_converter_cls,
+                num_epochs: Optional[int] = None) -> tf.data.Dataset:
+  """This host's batched dataset of model features (t5x's `utils.get_dataset`).
+
+  Reads shard `shard_id` of `num_shards`, converts task features to model features with
+  `feature_converter_cls` (no packing unless cfg.pack) and batches `batch_size //
+  num_shards` examples per step (remainder dropped).
+  """
+  if cfg.batch_size % num_shards:
+    raise ValueError(
+        f"Global batch size {cfg.batch_size} (BATCH_SIZE / DatasetConfig.batch_size) is "
+        f"not divisible by the number of hosts {num_shards}.")
+  mixture_or_task = get_mixture_or_task(cfg)
+  ds = mixture_or_task.get_dataset(
+      sequence_length=cfg.task_feature_lengths,
+      split=cfg.split,
+      use_cached=cfg.use_cached,
+      shuffle=cfg.shuffle,
+      seed=cfg.seed,
+      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+      num_epochs=num_epochs)
+  ds = feature_converter_cls(pack=cfg.pack)(
+      ds, task_feature_lengths=cfg.task_feature_lengths)
+  ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# -----------------------------------------------------------------------------
+# Learning rate.
+# -----------------------------------------------------------------------------
+_SCHEDULES = ("constant", "constant * linear_warmup",
+              "constant * linear_warmup * cosine_decay",
+              "constant * linear_warmup * linear_decay")
+
+
+@gin.configurable
+def create_learning_rate_scheduler(
+    factors: str = "constant * linear_warmup * cosine_decay",
+    base_learning_rate: float = 1e-4,
+    warmup_steps: int = 10_000,
+    decay_steps: Optional[int] = None,
+    min_learning_rate: float = 0.0) -> optax.Schedule:
+  """An optax schedule named like t5x's factor strings.
+
+  factors: one of 'constant', 'constant * linear_warmup',
+    'constant * linear_warmup * cosine_decay', 'constant * linear_warmup * linear_decay'.
+  The rate rises linearly from 0 at step 0 to `base_learning_rate` at `warmup_steps`,
+  then decays to `min_learning_rate` at `decay_steps` (the total length *including*
+  warmup, optax's convention; pretrain.gin binds it to TRAIN_STEPS) and stays there.
+  """
+  key = " * ".join(f.strip() for f in factors.split("*"))
+  if key not in _SCHEDULES:
+    raise ValueError(
+        f"utils.create_learning_rate_scheduler.factors={factors!r} is not supported; "
+        f"use one of {list(_SCHEDULES)}.")
+  if key == "constant":
+    return optax.constant_schedule(base_learning_rate)
+  if key == "constant * linear_warmup":
+    return optax.warmup_constant_schedule(0.0, base_learning_rate, max(warmup_steps, 1))
+  if decay_steps is None:
+    raise ValueError(
+        f"utils.create_learning_rate_scheduler.decay_steps is required for {factors!r}; "
+        "bind it (pretrain.gin uses %TRAIN_STEPS).")
+  if decay_steps <= warmup_steps:
+    # The run ends inside warmup: the decay part is never reached. Keep it well-defined.
+    logging.log_first_n(logging.WARNING, "Learning rate: warmup_steps=%d >= "
+                        "decay_steps=%d, so training ends during warmup.", 1,
+                        warmup_steps, decay_steps)
+    decay_steps = warmup_steps + 1
+  if key.endswith("cosine_decay"):
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base_learning_rate, warmup_steps=warmup_steps,
+        decay_steps=decay_steps, end_value=min_learning_rate)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, base_learning_rate, warmup_steps),
+       optax.linear_schedule(base_learning_rate, min_learning_rate,
+                             decay_steps - warmup_steps)],
+      boundaries=[warmup_steps])
