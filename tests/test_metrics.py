@@ -1,0 +1,169 @@
+"""Evaluation metrics on hand-computed cases (VQA v2, exact match, iVQA, RefCOCO boxes)."""
+import random
+
+import pytest
+
+from vlpretrain import metrics
+
+
+# ------------------------------------------------------------ VQA normalisation
+@pytest.mark.parametrize("answer,expected", [
+    ("Two", "2"),                 # lower-case, then number word -> digit
+    ("ten", "10"),
+    ("none", "0"),                # the official table also maps "none"
+    ("the dog.", "dog"),          # period not before a digit deleted, article dropped
+    ("a  red   car", "red car"),  # article dropped, whitespace collapsed
+    ("dont", "don't"),            # contraction restored
+    ("isnt", "isn't"),
+    ("yes!", "yes"),              # "!" -> space, then stripped by the word split
+    ("1,000", "1000"),            # comma between digits: all punctuation deleted
+    ("1,000 dogs!", "1000 dogs"),
+    ("2.5", "2.5"),               # period before a digit kept
+    ("3.14.", "3.14"),            # ... but the final one is deleted
+    ("red,blue", "red blue"),     # comma touching no space, no digit,digit: -> space
+    ("3, 4", "3 4"),              # comma touching a space: deleted
+    ("hot-dog", "hot dog"),
+    (" Yes\n", "yes"),
+    (b"An Apple", "apple"),       # bytes accepted
+])
+def test_normalize_vqa_answer(answer, expected):
+  assert metrics.normalize_vqa_answer(answer) == expected
+
+
+# -------------------------------------------------- VQA leave-one-out accuracy
+def _answers(num_matching, match="2", other="3"):
+  return [match] * num_matching + [other] * (10 - num_matching)
+
+
+@pytest.mark.parametrize("num_matching,expected", [
+    # m matching of 10; the 10 subsets drop one annotator each: m subsets drop a
+    # matching one (m - 1 matches left), 10 - m drop another one (m matches left).
+    (0, 0.0),
+    (1, 0.3),  # 1/10 * min(0/3, 1) + 9/10 * min(1/3, 1) = 0 + 0.3
+    (2, 0.6),  # 2/10 * 1/3 + 8/10 * 2/3 = (2 + 16) / 30 = 0.6
+    (3, 0.9),  # 3/10 * 2/3 + 7/10 * 1 = 0.2 + 0.7 = 0.9
+    (4, 1.0),  # 4/10 * min(3/3, 1) + 6/10 * min(4/3, 1) = 1.0
+    (10, 1.0),
+])
+def test_vqa_score_leave_one_out(num_matching, expected):
+  assert metrics.vqa_score(_answers(num_matching), "2") == pytest.approx(expected)
+
+
+def test_vqa_score_normalises_both_sides():
+  # "Two" and "two." both normalise to "2"; 3 matching of 10 -> 0.9.
+  answers = ["2", "two.", "Two"] + ["3"] * 7
+  assert metrics.vqa_score(answers, "TWO") == pytest.approx(0.9)
+
+
+def test_vqa_accuracy_averages_over_questions():
+  targets = [_answers(1), _answers(3), [b"yes"] * 10]
+  predictions = ["two", "2", b"Yes!"]
+  # (0.3 + 0.9 + 1.0) / 3 = 0.7333.
+  result = metrics.vqa_accuracy(targets, predictions)
+  assert result == {"vqa_accuracy": pytest.approx(100 * 2.2 / 3)}
+
+
+def test_vqa_accuracy_by_type():
+  targets = [["yes"] * 10, _answers(2), ["no"] + ["yes"] * 9, ["cat"] * 10]
+  predictions = ["yes", "2", "no", "dog"]
+  types = ["yes/no", "number", "yes/no", "other"]
+  # Scores 1.0, 0.6, 0.3, 0.0: overall 1.9 / 4; yes/no (1.0 + 0.3) / 2.
+  assert metrics.vqa_accuracy_by_type(targets, predictions, types) == pytest.approx({
+      "vqa_accuracy": 47.5, "vqa_accuracy/yes/no": 65.0,
+      "vqa_accuracy/number": 60.0, "vqa_accuracy/other": 0.0})
+
+
+def test_length_mismatch_raises():
+  with pytest.raises(ValueError):
+    metrics.vqa_accuracy([["a"] * 10], ["a", "b"])
+
+
+# ----------------------------------------------------------- exact match, iVQA
+def test_exact_match():
+  targets = ["Yes", "no", "left", "red  car", b"Entailment"]
+  predictions = [" yes ", "No.", "right", "Red car", "entailment"]
+  # All match except "left" / "right": 4 of 5.
+  assert metrics.exact_match(targets, predictions) == {"exact_match": pytest.approx(80.0)}
+  # Only a trailing period goes; an inner one stays.
+  assert metrics.exact_match(["a.b"], ["ab"]) == {"exact_match": 0.0}
+
+
+def test_ivqa_accuracy():
+  answers = ["cup", "cup", "mug", "glass", "bowl"]
+  # min(n / 2, 1): "Cup" n=2 -> 1, "mug" n=1 -> 0.5, "plate" n=0 -> 0.
+  for pred, expected in [("Cup", 100.0), ("mug", 50.0), ("plate", 0.0)]:
+    assert metrics.ivqa_accuracy([answers], [pred]) == {"ivqa_accuracy": expected}
+  result = metrics.ivqa_accuracy([answers] * 3, ["Cup", "mug", "plate"])
+  assert result == {"ivqa_accuracy": pytest.approx(50.0)}
+
+
+# ----------------------------------------------------------------- boxes
+def test_iou_known_boxes():
+  assert metrics.iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)  # 1 / (4+4-1)
+  assert metrics.iou([0, 0, 1, 1], [0, 0, 2, 2]) == pytest.approx(0.25)    # contained
+  assert metrics.iou([0, 0, 1, 1], [0, 0, 1, 1]) == pytest.approx(1.0)
+  assert metrics.iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+  assert metrics.iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0                    # empty union
+
+
+def test_box_to_text_order_and_bins():
+  # [ymin, xmin, ymax, xmax] = [.1, .2, .5, .6] -> ymax xmax ymin xmin as round(v * 99):
+  # 49.5 -> 50, 59.4 -> 59, 9.9 -> 10, 19.8 -> 20.
+  assert metrics.box_to_text([0.1, 0.2, 0.5, 0.6]) == "50 59 10 20"
+  assert metrics.box_to_text([0.0, 0.0, 1.0, 1.0]) == "99 99 0 0"
+  assert metrics.text_to_box("50 59 10 20") == pytest.approx([10 / 99, 20 / 99, 50 / 99,
+                                                              59 / 99])
+  assert metrics.text_to_box("99 99 0 0") == [0.0, 0.0, 1.0, 1.0]
+
+
+def _random_boxes(rng, min_side, n=200):
+  boxes = []
+  for _ in range(n):
+    ymin, xmin = rng.uniform(0, 1 - min_side), rng.uniform(0, 1 - min_side)
+    boxes.append([ymin, xmin, rng.uniform(ymin + min_side, 1), rng.uniform(xmin + min_side, 1)])
+  return boxes
+
+
+@pytest.mark.parametrize("min_side", [0.05, 0.4])
+def test_box_round_trip(min_side):
+  half_bin = 0.5 / 99  # bins are 1/99 apart; rounding moves a coordinate <= half a bin
+  ious = []
+  for box in _random_boxes(random.Random(0), min_side):
+    back = metrics.text_to_box(metrics.box_to_text(box))
+    assert all(abs(a - b) <= half_bin + 1e-9 for a, b in zip(box, back))
+    # Intersection >= the box shrunk by half a bin per edge, union <= grown by it.
+    h, w = box[2] - box[0], box[3] - box[1]
+    bound = (h - 2 * half_bin) * (w - 2 * half_bin) / ((h + 2 * half_bin) * (w + 2 * half_bin))
+    ious.append(metrics.iou(box, back))
+    assert ious[-1] >= bound
+  # Expected IoU ~ 1 - 0.005 / h - 0.005 / w: >= 0.98 on average once sides are >= 0.4.
+  if min_side >= 0.4:
+    assert sum(ious) / len(ious) >= 0.98
+
+
+@pytest.mark.parametrize("text", ["dog", "", "1 2 3", "1 2 3 4 5", "1 2 3 100",
+                                  "-1 2 3 4", "1.5 2 3 4", "1, 2, 3, 4"])
+def test_text_to_box_rejects(text):
+  assert metrics.text_to_box(text) is None
+  assert metrics.box_accuracy([[0.0, 0.0, 1.0, 1.0]], [text]) == {"box_accuracy": 0.0}
+
+
+def test_box_accuracy():
+  targets = [[0.1, 0.2, 0.5, 0.6], "50 59 10 20", [0, 0, 0.5, 0.5], b"99 99 0 0"]
+  predictions = [
+      metrics.box_to_text([0.1, 0.2, 0.5, 0.6]),  # round trip: IoU ~1 -> hit
+      "garbage",                                  # unparsable -> miss
+      "25 25 0 0",   # [0, 0, .2525, .2525] vs [0, 0, .5, .5]: IoU .0638 / .25 -> miss
+      b"99 99 0 0",                               # identical -> hit
+  ]
+  assert metrics.box_accuracy(targets, predictions) == {"box_accuracy": 50.0}
+
+
+def test_box_accuracy_threshold_and_parser():
+  def parse(text):  # comma-separated [ymin, xmin, ymax, xmax]; raises on junk
+    return [float(v) for v in text.split(",")]
+  targets, predictions = [[0, 0, 1, 1]] * 2, ["0,0,0.5,1", "junk"]  # IoU 0.5 exactly
+  result = metrics.box_accuracy(targets, predictions, parse_fn=parse)
+  assert result == {"box_accuracy": 50.0}
+  result = metrics.box_accuracy(targets, predictions, iou_threshold=0.51, parse_fn=parse)
+  assert result == {"box_accuracy": 0.0}
