@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "pillow==13.0.0",
     "absl-py==2.5.1",
+    "easy-vqa==1.0",
 ]
 
 setuptools.setup(

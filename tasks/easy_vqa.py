@@ -1,0 +1,60 @@
+"""seqio Task on easy-VQA (vlpretrain.data.easy_vqa), the embedded real VQA set.
+
+  easy_vqa  inputs "question: <question>" -> targets: the answer (one of 13 words)
+            ("question: what is the blue shape?" -> "rectangle")
+
+Splits train and validation (validation: 10% of the package's train images, chosen by
+a stable hash of the image id) and test (the package's test split: final evaluation
+only). Features image (float32 (64, 64, 3) in [-1, 1]), inputs and targets (shapes
+vocabulary, EOS appended); metric: exact match. The source reads the installed
+`easy-vqa` package's files (gin: `easy_vqa_source.*`, applied when this module is
+imported).
+"""
+from typing import Dict
+
+import seqio
+
+from vlpretrain import metrics
+from vlpretrain.data import easy_vqa
+from vlpretrain.data import images
+from vlpretrain.data import vocab
+import tensorflow as tf  # After vlpretrain.data, which hides GPUs from it.
+
+QUESTION_PROMPT = "question:"
+assert QUESTION_PROMPT in vocab.PROMPTS
+IMAGE_SIZE = 64  # The PNGs' own size.
+
+
+def output_features() -> Dict[str, seqio.Feature]:
+  v = vocab.shapes_vocabulary()
+  return {
+      "image": seqio.ContinuousFeature(dtype=tf.float32, rank=3),
+      "inputs": seqio.Feature(vocabulary=v, add_eos=True),
+      "targets": seqio.Feature(vocabulary=v, add_eos=True),
+  }
+
+
+@seqio.map_over_dataset
+def vqa_example(ex):
+  return {"image": ex["image"],
+          "inputs": tf.strings.join([QUESTION_PROMPT + " ", ex["question"]]),
+          "targets": ex["answer"]}
+
+
+def easy_vqa_image(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Decodes the PNG, resizes to 64x64, scales to [-1, 1]."""
+  return images.preprocess_dataset(dataset, IMAGE_SIZE)
+
+
+seqio.TaskRegistry.add(
+    "easy_vqa",
+    source=easy_vqa.easy_vqa_source(),
+    preprocessors=[
+        vqa_example,
+        easy_vqa_image,
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=output_features(),
+    metric_fns=[metrics.exact_match],
+)
