@@ -11,10 +11,11 @@ targets (shapes vocabulary, EOS appended). Scenes are written to TFRecords when 
 dataset is first requested, with the gin settings `shapes_settings.*` in force then
 (image_size, num_train, num_validation, seed, cache_dir).
 """
-from typing import Dict, Sequence
+from typing import Dict
 
 import seqio
 
+from vlpretrain import metrics
 from vlpretrain.data import images
 from vlpretrain.data import shapes
 from vlpretrain.data import vocab
@@ -56,15 +57,6 @@ def vqa_examples(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.flat_map(unroll)
 
 
-def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
-  """Percentage of predictions equal to their target (case and spaces ignored)."""
-  norm = lambda s: " ".join((s.decode() if isinstance(s, bytes) else s).lower().split())
-  if len(targets) != len(predictions):
-    raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions.")
-  hits = sum(norm(t) == norm(p) for t, p in zip(targets, predictions))
-  return {"exact_match": 100.0 * hits / max(len(targets), 1)}
-
-
 def _register(name, task_preprocessor, metric_fns=()):
   seqio.TaskRegistry.add(
       name,
@@ -81,4 +73,4 @@ def _register(name, task_preprocessor, metric_fns=()):
 
 
 _register("shapes_cap", caption_example)
-_register("shapes_vqa", vqa_examples, metric_fns=[exact_match])
+_register("shapes_vqa", vqa_examples, metric_fns=[metrics.exact_match])

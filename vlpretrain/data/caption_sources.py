@@ -93,15 +93,7 @@ class Img2DatasetSource(seqio.DataSource):
                   *args, **kwargs) -> tf.data.Dataset:
     del args, kwargs
     files = self.list_shards(split)
-    shard_records = False
-    if shard_info and shard_info.num_shards > 1:
-      if len(files) >= shard_info.num_shards:
-        files = files[shard_info.index::shard_info.num_shards]
-      else:
-        shard_records = True
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle and not shard_records:
-      ds = ds.shuffle(len(files), seed=seed)
+    ds, shard_records = file_source.host_files(files, shard_info, shuffle, seed)
     # One file after the other, records in file order, each tagged with its shard.
     ds = ds.flat_map(lambda path: tf.data.TFRecordDataset(path).enumerate().map(
         lambda i, record: (path, i, record)))

@@ -38,6 +38,27 @@ def require_file(path: str, binding: str) -> str:
   return path
 
 
+def host_files(files: Sequence[str], shard_info: Optional[seqio.ShardInfo],
+               shuffle: bool, seed: Optional[int]):
+  """This host's part of a list of record files, as (file dataset, shard_records).
+
+  With at least as many files as hosts each host reads whole files (optionally in a
+  shuffled order); otherwise every host reads all files and the caller must keep every
+  `num_shards`-th record (`shard_records` is True).
+  """
+  files = list(files)
+  shard_records = False
+  if shard_info and shard_info.num_shards > 1:
+    if len(files) >= shard_info.num_shards:
+      files = files[shard_info.index::shard_info.num_shards]
+    else:
+      shard_records = True
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle and not shard_records:
+    ds = ds.shuffle(len(files), seed=seed)
+  return ds, shard_records
+
+
 class FileSource(seqio.DataSource):
   """Examples from `read(split)`, sharded by example index over hosts."""
 

@@ -39,6 +39,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from vlpretrain.data import file_source
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLORS = {  # name -> RGB; all far from each other and from the grey background.
     "red": (220, 40, 40),
@@ -388,15 +390,7 @@ class ShapesSource(seqio.DataSource):
                   seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
     files = self.list_shards(split)
-    shard_records = False
-    if shard_info and shard_info.num_shards > 1:
-      if len(files) >= shard_info.num_shards:
-        files = files[shard_info.index::shard_info.num_shards]
-      else:
-        shard_records = True
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle and not shard_records:
-      ds = ds.shuffle(len(files), seed=seed)
+    ds, shard_records = file_source.host_files(files, shard_info, shuffle, seed)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                        num_parallel_calls=tf.data.AUTOTUNE)
     if shard_records:
