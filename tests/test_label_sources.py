@@ -3,26 +3,12 @@ import io
 import json
 import os
 
-import PIL.Image
 import pytest
 import seqio
 
 from vlpretrain.data import label_sources
-
-
-def _jpeg(path, color=(200, 30, 30)):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  buf = io.BytesIO()
-  PIL.Image.new("RGB", (8, 6), color).save(buf, format="JPEG")
-  with open(path, "wb") as f:
-    f.write(buf.getvalue())
-  return buf.getvalue()
-
-
-def _corrupt(path):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(b"\xff\xd8\xff\xe0 not a jpeg")
+from fixture_images import write_corrupt_jpeg as _corrupt
+from fixture_images import write_jpeg as _jpeg
 
 
 def _examples(source, split="train"):

@@ -1,27 +1,12 @@
 """VQA v2, GQA and SNLI-VE sources on tiny fixtures in each dataset's real file layout."""
-import io
 import json
 import os
 
-import PIL.Image
 import pytest
 
 from vlpretrain.data import vqa_sources
-
-
-def _jpeg(path, color=(200, 10, 10)):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  buffer = io.BytesIO()
-  PIL.Image.new("RGB", (8, 6), color).save(buffer, format="JPEG")
-  with open(path, "wb") as f:
-    f.write(buffer.getvalue())
-  return buffer.getvalue()
-
-
-def _corrupt_jpeg(path):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+from fixture_images import write_corrupt_jpeg as _corrupt_jpeg
+from fixture_images import write_jpeg as _jpeg
 
 
 def _write_json(path, obj):
