@@ -1,5 +1,4 @@
 """Label sources: Visual Genome objects.json, Open Images label CSVs, ImageNet-21k folders."""
-import io
 import json
 import os
 
