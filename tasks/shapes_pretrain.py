@@ -31,6 +31,7 @@ from typing import Tuple
 
 import seqio
 
+from vlpretrain import dynamic_mixture
 from vlpretrain.data import preprocessors
 from vlpretrain.data import shapes
 from vlpretrain.tasks import shapes as shapes_tasks
@@ -77,6 +78,6 @@ def _register(name, task_preprocessor):
 for _name, _fn in TASK_PREPROCESSORS.items():
   _register(_name, _fn)
 
-# Equal rates for now: a later increment replaces this with the dynamic-difficulty
-# mixture (vlpretrain.mixing), whose per-task shares follow the recent losses.
-seqio.MixtureRegistry.add("shapes_pretrain", list(PRETRAIN_TASKS), default_rate=1.0)
+# The dynamic-difficulty mixture: the trainer composes each batch from the recent
+# per-task losses (vlpretrain.mixing); seqio tools read it as an equal-rate mixture.
+dynamic_mixture.register_dynamic_mixture("shapes_pretrain", PRETRAIN_TASKS)
