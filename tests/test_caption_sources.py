@@ -221,3 +221,25 @@ def test_localized_narratives_missing_data_names_the_binding(tmp_path):
     caption_sources.localized_narratives_source(ann, str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError, match="localized_narratives_source.annotations_dir"):
     caption_sources.localized_narratives_source(ann, img, splits=("test",))
+
+
+def test_img2dataset_truncated_shard_is_counted_and_skipped(tmp_path, caplog):
+  """A shard cut mid-record (DataLossError in TFRecordDataset) next to a good one."""
+  root, good = _img2dataset_dir(tmp_path)
+  shard = os.path.join(root, "train", "00000.tfrecord")
+  with open(shard, "rb") as f:
+    data = f.read()
+  record_3 = len(_record(jpg=good[3], txt=b"a red bus", key=b"000000003",
+                         url=b"http://x/y.jpg", width=b"6", height=b"6")) + 16
+  with open(shard, "wb") as f:  # Cut the last record (000000003) in its middle.
+    f.write(data[:len(data) - record_3 // 2])
+  source = caption_sources.img2dataset_source({"train": f"{root}/train/*.tfrecord"})
+  # Shard 0 up to the cut (record 0 good, 1 corrupt JPEG, 2 empty caption), then the
+  # whole of shard 1: nothing raised.
+  assert [i for i, _, _ in _examples(source, "train")] == [
+      "000000000", "000010001", "00001.tfrecord:2"]
+  assert source.skipped.counts() == {"corrupt_image": 1, "empty_caption": 1,
+                                     "missing_jpg": 1, "corrupt_record_file": 1}
+  cut = len(data) - record_3
+  assert (f"{shard} (truncated or corrupt after record 3, at byte {cut} of "
+          f"{cut + record_3 - record_3 // 2}") in caplog.text

@@ -3,7 +3,8 @@
 Every source yields raw examples: `id` (tf.string), `image` (the encoded image bytes,
 tf.string; decoding and resizing happen later, in `images.py`) and `caption` (tf.string).
 Corrupt images, empty captions and missing image files are counted on `source.skipped`
-(a `bad_data.SkipCounter`), warned about with the file named, and skipped.
+(a `bad_data.SkipCounter`), warned about with the file named, and skipped; so is the
+rest of a truncated or corrupt TFRecord shard (`file_source.tfrecord_records`).
 
 1. img2dataset TFRecords (CC3M, CC12M, any image-text set) -- `img2dataset_source`:
    shards `*.tfrecord`, each record a `tf.train.Example` with bytes features `jpg` (the
@@ -95,7 +96,8 @@ class Img2DatasetSource(seqio.DataSource):
     files = self.list_shards(split)
     ds, shard_records = file_source.host_files(files, shard_info, shuffle, seed)
     # One file after the other, records in file order, each tagged with its shard.
-    ds = ds.flat_map(lambda path: tf.data.TFRecordDataset(path).enumerate().map(
+    # A truncated/corrupt shard is read up to the bad record, counted and named.
+    ds = ds.flat_map(lambda path: file_source.tfrecord_records(path, self.skipped).map(
         lambda i, record: (path, i, record)))
     if shard_records:
       ds = ds.shard(shard_info.num_shards, shard_info.index)

@@ -12,12 +12,20 @@ bytes are read lazily per example. Sources for each dataset format provide a
 
 Each host reads every `num_shards`-th example from `index` (deterministic). Shuffling
 happens later, in seqio's pipeline, with its seed.
+
+Record files (TFRecord shards: img2dataset, the shapes cache) are split over hosts by
+`host_files` and read with `tfrecord_records`, which survives truncated or corrupt
+shards (counted and named, design.md "Sources").
 """
 import os
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import seqio
 import tensorflow as tf
+
+from vlpretrain.data import bad_data
+
+_RECORD_OVERHEAD = 16  # TFRecord framing: 8-byte length, 4-byte CRC, 4-byte data CRC.
 
 
 def require_dir(path: Optional[str], binding: str) -> str:
@@ -57,6 +65,48 @@ def host_files(files: Sequence[str], shard_info: Optional[seqio.ShardInfo],
   if shuffle and not shard_records:
     ds = ds.shuffle(len(files), seed=seed)
   return ds, shard_records
+
+
+def tfrecord_records(path: tf.Tensor, counter: bad_data.SkipCounter) -> tf.data.Dataset:
+  """(index, record) of one TFRecord file, stopping cleanly at a truncated/corrupt record.
+
+  TFRecordDataset raises DataLossError at a record cut short or with a bad CRC, which
+  would end a run. Here the records before it are kept and the rest of the file is
+  skipped: the error is ignored (`ignore_errors`), and at the end of the file the bytes
+  read (payloads + 16 bytes of framing per record) are compared with the file's size;
+  a shortfall is counted on `counter` as "corrupt_record_file" with a warning that
+  names the file. The check costs one `stat` per file and no extra reading. `path` is a
+  scalar tf.string (use inside `flat_map`/`interleave` over file names).
+  """
+  records = tf.data.TFRecordDataset(path).ignore_errors()
+  records = records.map(lambda r: (r, False)).concatenate(
+      tf.data.Dataset.from_tensors((tf.constant(b""), True)))  # End-of-file marker.
+
+  def count(state, x):
+    index, consumed = state
+    record, end = x
+    size = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_OVERHEAD
+    new = (index + 1, consumed + size)
+    return (tf.where(end, index, new[0]), tf.where(end, consumed, new[1])), (
+        index, record, end, consumed)
+
+  def report(path_value, num_records, consumed):
+    name = path_value.decode("utf-8", "replace")
+    size = tf.io.gfile.stat(name).length
+    if consumed != size:
+      counter.skip("corrupt_record_file",
+                   f"{name} (truncated or corrupt after record {num_records}, at byte "
+                   f"{consumed} of {size}; the rest of the file is skipped)")
+    return True
+
+  def keep(index, record, end, consumed):
+    del record
+    checked = lambda: tf.logical_not(tf.numpy_function(
+        report, [path, index, consumed], tf.bool, stateful=False))
+    return tf.ensure_shape(tf.cond(end, checked, lambda: tf.constant(True)), [])
+
+  records = records.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count)
+  return records.filter(keep).map(lambda index, record, end, consumed: (index, record))
 
 
 class FileSource(seqio.DataSource):

@@ -39,6 +39,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from vlpretrain.data import bad_data
 from vlpretrain.data import file_source
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
@@ -59,6 +60,7 @@ MIN_DX = 0.08  # minimum horizontal distance between object centres.
 QUESTION_TYPES = ("color", "shape", "size", "count", "exist")
 SPLITS = ("train", "validation")
 VERSION = 1  # bump when scenes change: cached TFRecords are keyed by it.
+SKIPPED = bad_data.SkipCounter("shapes")  # A damaged cache shard is counted here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,8 +393,9 @@ class ShapesSource(seqio.DataSource):
                   shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
     files = self.list_shards(split)
     ds, shard_records = file_source.host_files(files, shard_info, shuffle, seed)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                       num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.interleave(
+        lambda path: file_source.tfrecord_records(path, SKIPPED).map(lambda i, r: r),
+        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE)
     if shard_records:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
     return ds.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
