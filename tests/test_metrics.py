@@ -1,4 +1,5 @@
 """Evaluation metrics on hand-computed cases (VQA v2, exact match, iVQA, RefCOCO boxes)."""
+import math
 import random
 
 import pytest
@@ -139,6 +140,92 @@ def test_box_round_trip(min_side):
   # Expected IoU ~ 1 - 0.005 / h - 0.005 / w: >= 0.98 on average once sides are >= 0.4.
   if min_side >= 0.4:
     assert sum(ious) / len(ious) >= 0.98
+
+
+# Box-as-text round trip (seed 001 app. B: [ymax, xmax, ymin, xmin], 100 bins). Rounding
+# moves each coordinate by at most half a bin (0.5 / 99) for every box; how much IoU that
+# costs depends on the box size (about 1 - 0.005 (1/h + 1/w) on average), so an IoU
+# claim needs a stated box distribution. Measured on 2000 boxes, random.Random(0):
+#   corners = sorted uniform pairs per axis ("all random boxes", tiny ones included):
+#       mean IoU 0.9108, min 0.0 (a box thinner than half a bin can vanish)
+#   sides h, w ~ U[0.05, 1], position uniform:  mean 0.9691, min 0.8244
+#   sides ~ U[0.2, 1]:                          mean 0.9800, min 0.9288 (borderline:
+#       0.97995 / 0.98000 on 100k boxes with seeds 0 / 1)
+#   sides ~ U[0.3, 1]:                          mean 0.9830, min 0.9573  <- the >= 0.98
+#       claim is made for this distribution (100k boxes: 0.9828, min 0.943)
+#   shapes-world objects, sides ~ U[0.18, 0.4]: mean 0.9638, min 0.9233
+HALF_BIN = 0.5 / 99
+
+
+def _corner_boxes(rng, n):
+  """"All random boxes": each axis' two coordinates are sorted uniform draws."""
+  boxes = []
+  for _ in range(n):
+    (ymin, ymax), (xmin, xmax) = sorted([rng.random(), rng.random()]), sorted(
+        [rng.random(), rng.random()])
+    boxes.append([ymin, xmin, ymax, xmax])
+  return boxes
+
+
+def _sided_boxes(rng, lo, hi, n):
+  """Sides h, w ~ U[lo, hi], then the position uniform inside the image."""
+  boxes = []
+  for _ in range(n):
+    h, w = rng.uniform(lo, hi), rng.uniform(lo, hi)
+    y, x = rng.uniform(0, 1 - h), rng.uniform(0, 1 - w)
+    boxes.append([y, x, y + h, x + w])
+  return boxes
+
+
+def test_box_text_round_trip_is_within_half_a_bin_for_all_random_boxes():
+  boxes = _corner_boxes(random.Random(1), 5000) + [
+      [0, 0, 1, 1], [0.5, 0.5, 0.5, 0.5], [0.004, 0.006, 0.996, 0.994]]
+  for box in boxes:
+    text = metrics.box_to_text(box)
+    back = metrics.text_to_box(text)
+    assert max(abs(a - b) for a, b in zip(box, back)) <= HALF_BIN + 1e-12, (box, text)
+    assert metrics.box_to_text(back) == text  # Text -> box -> text is exact.
+    ymax, xmax, ymin, xmin = (int(f) for f in text.split())
+    assert [ymin, xmin, ymax, xmax] == [math.floor(v * 99 + 0.5) for v in box]
+
+
+@pytest.mark.parametrize("boxes,mean_iou,min_iou", [
+    (lambda rng: _corner_boxes(rng, 2000), 0.9108, 0.0),
+    (lambda rng: _sided_boxes(rng, 0.05, 1.0, 2000), 0.9691, 0.8244),
+    (lambda rng: _sided_boxes(rng, 0.2, 1.0, 2000), 0.9800, 0.9288),
+    (lambda rng: _sided_boxes(rng, 0.3, 1.0, 2000), 0.9830, 0.9573),
+    (lambda rng: _sided_boxes(rng, 0.18, 0.4, 2000), 0.9638, 0.9233),
+])
+def test_box_round_trip_iou_by_distribution(boxes, mean_iou, min_iou):
+  ious = [metrics.iou(b, metrics.text_to_box(metrics.box_to_text(b)))
+          for b in boxes(random.Random(0))]
+  assert sum(ious) / len(ious) == pytest.approx(mean_iou, abs=5e-5)
+  assert min(ious) == pytest.approx(min_iou, abs=5e-5)
+
+
+def test_box_round_trip_mean_iou_at_least_098_for_sides_from_03():
+  for seed in range(3):
+    ious = [metrics.iou(b, metrics.text_to_box(metrics.box_to_text(b)))
+            for b in _sided_boxes(random.Random(seed), 0.3, 1.0, 2000)]
+    assert sum(ious) / len(ious) >= 0.98
+
+
+def test_box_text_through_the_shapes_vocabulary():
+  """box -> text -> shapes token ids -> text -> box: the numbers 0..99 are one piece
+  each, so a box is exactly 4 tokens (+ EOS from the Task) and decodes back exactly."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vlpretrain.data import vocab  # pylint: disable=g-import-not-at-top
+  v = vocab.shapes_vocabulary()
+  pieces = {i: v.encode(str(i)) for i in range(100)}
+  assert all(len(ids) == 1 for ids in pieces.values())
+  assert len({ids[0] for ids in pieces.values()}) == 100
+  for box in _corner_boxes(random.Random(2), 500) + [[0, 0, 1, 1]]:
+    text = metrics.box_to_text(box)
+    ids = v.encode(text)
+    assert ids == [pieces[int(f)][0] for f in text.split()]
+    assert v.decode(ids) == text
+    assert v.decode_tf(tf.constant(ids)).numpy().decode() == text
+    assert metrics.text_to_box(v.decode(ids)) == metrics.text_to_box(text)
 
 
 @pytest.mark.parametrize("text", ["dog", "", "1 2 3", "1 2 3 4 5", "1 2 3 100",
