@@ -11,6 +11,8 @@ resumed run trains on exactly the batches, with exactly the randomness, of an
 uninterrupted one.
 """
 import dataclasses
+import functools
+import json
 import logging as pylogging
 import os
 import time
@@ -28,6 +30,7 @@ import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 
+from vlpretrain import dynamic_mixture
 from vlpretrain import gin_utils
 from vlpretrain import partitioning
 from vlpretrain import utils
@@ -46,12 +49,18 @@ def _iterator_prefix(directory) -> str:
                       f"process_{jax.process_index():03d}-of-{jax.process_count():03d}")
 
 
+def _trackables(iterator) -> dict:
+  """`tf.train.Checkpoint` kwargs: one iterator, or a dict of them (one per task)."""
+  return dict(iterator) if isinstance(iterator, Mapping) else {"iterator": iterator}
+
+
 class DatasetIteratorHandler(ocp.CheckpointHandler):
-  """Saves/restores this host's tf.data iterator (`tf.train.Checkpoint`)."""
+  """Saves/restores this host's tf.data iterator(s) (`tf.train.Checkpoint`)."""
 
   def save(self, directory, args: "DatasetIteratorArgs"):
     try:
-      tf.train.Checkpoint(iterator=args.iterator).write(_iterator_prefix(directory))
+      tf.train.Checkpoint(**_trackables(args.iterator)).write(
+          _iterator_prefix(directory))
     except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
       raise RuntimeError(
           "Could not save the tf.data iterator state: the input pipeline has an op that "
@@ -67,14 +76,14 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
           f"{jax.process_count()} in {directory}: the checkpoint was written with a "
           "different number of hosts. Resume with the same number of hosts, or set "
           "--gin.utils.RestoreCheckpointConfig.restore_dataset=False.")
-    tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
+    tf.train.Checkpoint(**_trackables(args.iterator)).read(prefix).assert_consumed()
     return args.iterator
 
 
 @ocp.args.register_with_handler(DatasetIteratorHandler, for_save=True, for_restore=True)
 @dataclasses.dataclass
 class DatasetIteratorArgs(ocp.args.CheckpointArgs):
-  iterator: Any
+  iterator: Any  # A tf.data iterator, or a {name: iterator} dict.
 
 
 def _cast_floats(tree, dtype):
@@ -95,9 +104,8 @@ def _format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _task_names(cfg: utils.DatasetConfig) -> Optional[list[str]]:
+def _task_names(provider) -> Optional[list[str]]:
   """Names indexed by `task_id` when training on a Mixture (None for a single Task)."""
-  provider = utils.get_mixture_or_task(cfg)
   tasks = getattr(provider, "tasks", None)
   if tasks is None or isinstance(provider, seqio.Task):
     return None
@@ -118,7 +126,8 @@ def train(*,
           log_period: int = 100,
           random_seed: Optional[int] = 0,
           optimizer: Optional[optax.GradientTransformation] = None,
-          learning_rate_fn: Optional[Callable[[int], Any]] = None):
+          learning_rate_fn: Optional[Callable[[int], Any]] = None,
+          make_sampler: Callable[..., Any] = dynamic_mixture.make_sampler):
   """Trains `model` for `total_steps` steps, resuming from MODEL_DIR if it can.
 
   Args:
@@ -134,6 +143,8 @@ def train(*,
     random_seed: seeds init and dropout (None: a fresh seed, logged).
     optimizer: an optax transformation (pretrain.gin: `optimizers.adamw`).
     learning_rate_fn: the schedule the optimizer uses; only for logging.
+    make_sampler: builds the per-batch task sampler when the training data is a
+      `dynamic_mixture.DynamicMixture` (gin: dynamic_mixture.make_sampler.strategy).
 
   Returns:
     (final step, final train state dict with 'step', 'params', 'opt_state').
@@ -195,31 +206,53 @@ def train(*,
   # ---------------------------------------------------------------------------
   # Input: this host's shard of the global batch, as model features.
   # ---------------------------------------------------------------------------
+  # A DynamicMixture is composed per step from the task losses (dynamic_mixture.py);
+  # anything else is one seqio tf.data pipeline.
   shard = partitioner.get_data_shard_info()
   feature_converter_cls = model.FEATURE_CONVERTER_CLS
-  train_ds = utils.get_dataset(train_dataset_cfg, shard.index, shard.num_shards,
-                               feature_converter_cls)
-  if resume_data and not has_data_state:
-    # Fallback for checkpoints saved with save_dataset=False: a deterministic pipeline
-    # (fixed seed) re-read from the start, skipping the batches already trained on.
-    logging.info("Checkpoint %d has no data iterator state: skipping %d batches.",
-                 resume_step, resume_step)
-    train_ds = train_ds.skip(resume_step)
-  train_iter = iter(train_ds)
-  spec = train_ds.element_spec
+  provider = utils.get_mixture_or_task(train_dataset_cfg)
+  batches = train_iter = None
+  if isinstance(provider, dynamic_mixture.DynamicMixture):
+    task_datasets = utils.get_task_datasets(train_dataset_cfg, shard.index,
+                                            shard.num_shards, feature_converter_cls)
+    sampler = make_sampler(num_tasks=len(task_datasets), dataset_sizes=functools.partial(
+        provider.num_examples, train_dataset_cfg.split))
+    batches = dynamic_mixture.DynamicBatches(task_datasets, sampler, global_batch_size,
+                                             shard.index, shard.num_shards)
+    example_spec = task_datasets[0].element_spec
+    if resume_data and not has_data_state:
+      raise ValueError(
+          f"Checkpoint {resume_step} in {ckpt_dir} has no data iterator state, and a "
+          "dynamic mixture's batches depend on the losses, so they cannot be skipped. "
+          "Resume with --gin.utils.RestoreCheckpointConfig.restore_dataset=False (the "
+          "data restarts from the beginning).")
+  else:
+    train_ds = utils.get_dataset(train_dataset_cfg, shard.index, shard.num_shards,
+                                 feature_converter_cls)
+    if resume_data and not has_data_state:
+      # Fallback for checkpoints saved with save_dataset=False: a deterministic pipeline
+      # (fixed seed) re-read from the start, skipping the batches already trained on.
+      logging.info("Checkpoint %d has no data iterator state: skipping %d batches.",
+                   resume_step, resume_step)
+      train_ds = train_ds.skip(resume_step)
+    train_iter = iter(train_ds)
+    example_spec = {k: tf.TensorSpec(v.shape[1:], v.dtype)
+                    for k, v in train_ds.element_spec.items()}
   for name in _INIT_FEATURES:
-    if name not in spec:
+    if name not in example_spec:
       raise ValueError(f"The feature converter {feature_converter_cls.__name__} gives "
-                       f"no {name!r} feature (it gives {sorted(spec)}).")
-  task_names = _task_names(train_dataset_cfg) if "task_id" in spec else None
+                       f"no {name!r} feature (it gives {sorted(example_spec)}).")
+  task_names = (_task_names(provider) if dynamic_mixture.TASK_ID in example_spec
+                else None)
 
   # ---------------------------------------------------------------------------
   # Model and optimizer, created directly sharded. Shapes come from eval_shape (no
   # memory); the boxed params' logical axis names give their shardings.
   # ---------------------------------------------------------------------------
   init_batch = partitioner.data_axis_size  # Param shapes do not depend on it.
-  input_shapes = {k: (init_batch,) + tuple(spec[k].shape[1:]) for k in _INIT_FEATURES}
-  input_types = {k: spec[k].dtype.as_numpy_dtype for k in _INIT_FEATURES}
+  input_shapes = {k: (init_batch,) + tuple(example_spec[k].shape)
+                  for k in _INIT_FEATURES}
+  input_types = {k: example_spec[k].dtype.as_numpy_dtype for k in _INIT_FEATURES}
   init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(random_seed))
 
   def init_boxed(rng):
@@ -262,10 +295,15 @@ def train(*,
       target = dict(target, params=_cast_floats(target["params"], restore_cfg.dtype))
     items = {"state": ocp.args.StandardRestore(target)}
     if resume_data and has_data_state:
-      items["dataset"] = DatasetIteratorArgs(train_iter)
+      items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
+      if batches is not None:
+        items["sampler"] = ocp.args.JsonRestore()
     elif not resume_data:
       logging.warning("restore_dataset=False: the data restarts from the beginning.")
-    state = manager.restore(resume_step, args=ocp.args.Composite(**items))["state"]
+    restored = manager.restore(resume_step, args=ocp.args.Composite(**items))
+    state = restored["state"]
+    if "sampler" in items:
+      batches.load_state_dict(restored["sampler"])
   else:
     with partitioner.activate():
       state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
@@ -326,6 +364,8 @@ def train(*,
   eval_writer = metric_writers.AsyncMultiWriter(
       [metric_writers.SummaryWriter(os.path.join(model_dir, "training_eval"))]
       if is_primary and train_eval_dataset_cfg else [])
+  sampling_log = (open(os.path.join(model_dir, "sampling.jsonl"), "a")  # pylint: disable=consider-using-with
+                  if is_primary and batches is not None else None)
   if start_step >= total_steps:
     logging.info("Checkpoint step %d >= TRAIN_STEPS=%d: nothing to train.",
                  start_step, total_steps)
@@ -335,10 +375,12 @@ def train(*,
     t_log, step_log = time.time(), start_step
     step = start_step
     while step < total_steps:
-      batch = partitioner.shard_batch(
-          jax.tree.map(lambda t: t.numpy(), next(train_iter)))
-      state, metrics = p_train_step(state, batch)
+      host_batch = (batches.next() if batches is not None else
+                    jax.tree.map(lambda t: t.numpy(), next(train_iter)))
+      state, metrics = p_train_step(state, partitioner.shard_batch(host_batch))
       step += 1
+      if batches is not None:  # Applies step-1's losses; keeps this step's.
+        batches.record(metrics["task_loss_sum"], metrics["task_token_count"])
       _raise_if_not_finite(prev)
       prev = (step, metrics)
       pending.append(metrics)
@@ -357,6 +399,9 @@ def train(*,
                                     if learning_rate_fn else float("nan"))
         summary["steps_per_sec"] = steps_per_s
         summary["examples_per_sec"] = steps_per_s * global_batch_size
+        if batches is not None:
+          summary.update(_sampling_summary(step, batches, task_names, summary,
+                                           sampling_log))
         writer.write_scalars(step, summary)
         logging.info(_log_line(step, total_steps, summary, task_names))
 
@@ -367,30 +412,64 @@ def train(*,
                      " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
 
       if (save_cfg.period and step % save_cfg.period == 0) or step == total_steps:
-        _save_checkpoint(manager, step, state, train_iter, save_cfg)
+        _save_checkpoint(manager, step, state, train_iter, batches, save_cfg)
         last_saved = step
+      if batches is not None and step < total_steps:
+        batches.prefetch()  # Batch step+1, composed while this step runs.
 
   # ---------------------------------------------------------------------------
   # Finish: a checkpoint of the final step exists and everything is flushed.
   # ---------------------------------------------------------------------------
   if last_saved != step:  # Only when no step ran and MODEL_DIR had no checkpoint.
-    _save_checkpoint(manager, step, state, train_iter, save_cfg)
+    _save_checkpoint(manager, step, state, train_iter, batches, save_cfg)
   manager.wait_until_finished()
   manager.close()
   writer.close()
   eval_writer.close()
+  if batches is not None:
+    batches.close()
+  if sampling_log is not None:
+    sampling_log.close()
   return step, state
 
 
-def _save_checkpoint(manager, step, state, train_iter, save_cfg):
-  """Saves state (+ this host's data iterator) as MODEL_DIR/checkpoints/<step>."""
+def _data_iterators(train_iter, batches):
+  """What the "dataset" checkpoint item holds: the iterator, or one per task."""
+  if batches is None:
+    return train_iter
+  return {f"task_{i:03d}": it for i, it in enumerate(batches.iterators)}
+
+
+def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg):
+  """Saves state (+ this host's data iterators, + the sampler) as checkpoints/<step>."""
   to_save = state if not save_cfg.dtype else dict(
       state, params=_cast_floats(state["params"], save_cfg.dtype))
   items = {"state": ocp.args.StandardSave(to_save)}
   if save_cfg.save_dataset:
-    items["dataset"] = DatasetIteratorArgs(train_iter)
+    items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
+    if batches is not None:
+      items["sampler"] = ocp.args.JsonSave(batches.state_dict())
   manager.save(step, args=ocp.args.Composite(**items), force=True)
   logging.info("Saved checkpoint for step %d.", step)
+
+
+def _sampling_summary(step, batches, task_names, summary, sampling_log):
+  """Sampling weights and batch shares per task (seed 001 Fig. 2); one JSONL line."""
+  weights = batches.last_weights
+  shares = batches.last_counts / max(batches.global_batch_size, 1)
+  scalars = {}
+  for name, w, share in zip(task_names, weights, shares):
+    scalars[f"sampling_weight/{name}"] = float(w)
+    scalars[f"batch_share/{name}"] = float(share)
+  if sampling_log is not None:
+    record = {"step": step,
+              "weights": dict(zip(task_names, map(float, weights))),
+              "counts": dict(zip(task_names, map(int, batches.last_counts))),
+              "task_loss": {name: summary.get(f"task_loss/{name}")
+                            for name in task_names}}
+    sampling_log.write(json.dumps(record) + "\n")
+    sampling_log.flush()
+  return scalars
 
 
 def _restore_params(restore_cfg, abstract_params, param_shardings):

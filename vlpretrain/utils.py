@@ -135,6 +135,25 @@ def get_dataset(cfg: DatasetConfig,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def get_task_datasets(cfg: DatasetConfig,
+                      shard_id: int,
+                      num_shards: int,
+                      feature_converter_cls) -> list[tf.data.Dataset]:
+  """This host's unbatched, repeated model-feature datasets, one per task of the
+  `dynamic_mixture.DynamicMixture` named by `cfg` (its examples carry `task_id`)."""
+  if cfg.pack:
+    raise ValueError("A dynamic mixture composes batches example by example: set "
+                     "pack = False in its DatasetConfig.")
+  mixture = get_mixture_or_task(cfg)
+  datasets = mixture.task_datasets(
+      sequence_length=cfg.task_feature_lengths, split=cfg.split,
+      use_cached=cfg.use_cached, shuffle=cfg.shuffle, seed=cfg.seed,
+      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards))
+  converter = feature_converter_cls(pack=False)
+  return [converter(ds, task_feature_lengths=cfg.task_feature_lengths)
+          for ds in datasets]
+
+
 # -----------------------------------------------------------------------------
 # Learning rate.
 # -----------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""The dynamic mixture in training: batch composition, hosts, logging, exact resumption."""
+import functools
+import json
+
+import numpy as np
+import pytest
+import seqio
+
+import toy_model
+from vlpretrain import dynamic_mixture
+from vlpretrain import mixing
+from vlpretrain import optimizers
+from vlpretrain import partitioning
+from vlpretrain import train as train_lib
+from vlpretrain import utils
+from vlpretrain.data import features
+
+TASKS = ("dyn_toy_a", "dyn_toy_b", "dyn_toy_c")
+
+
+def _toy_dynamic_mixture(name="dyn_toy"):
+  if name not in seqio.MixtureRegistry.names():
+    dynamic_mixture.register_dynamic_mixture(
+        name, [toy_model.register_toy_task(t) for t in TASKS])
+  return name
+
+
+def _task_datasets(batch_size=16):
+  cfg = utils.DatasetConfig(_toy_dynamic_mixture(), toy_model.TASK_FEATURE_LENGTHS,
+                            "train", batch_size, True, 0)
+  return utils.get_task_datasets(cfg, 0, 1, features.VLEncDecFeatureConverter)
+
+
+def test_registered_as_seqio_mixture():
+  mixture = seqio.get_mixture_or_task(_toy_dynamic_mixture())
+  assert isinstance(mixture, dynamic_mixture.DynamicMixture)
+  assert mixture.task_names == list(TASKS)
+  with pytest.raises(ValueError, match="'dyn_toy_a' does not know its size"):
+    mixture.num_examples("train")  # FunctionDataSource has no size.
+
+
+def test_batches_follow_the_sampler_counts():
+  """Each batch holds exactly `counts[t]` examples of task t, in task order."""
+  sampler = mixing.Sampler(3, "fixed", min_per_task=2, rates=[0.7, 0.2, 0.1])
+  batches = dynamic_mixture.DynamicBatches(_task_datasets(), sampler, 16)
+  batch = batches.next()
+  np.testing.assert_array_equal(sampler.counts(16), [9, 4, 3])
+  np.testing.assert_array_equal(batch["task_id"], [0] * 9 + [1] * 4 + [2] * 3)
+  assert batch["image"].shape == (16, toy_model.IMAGE_SIZE, toy_model.IMAGE_SIZE, 3)
+  np.testing.assert_array_equal(batches.last_counts, [9, 4, 3])
+  batches.close()
+
+
+def test_hosts_split_the_global_layout():
+  """Hosts' slices add up to the global counts, whatever the weights."""
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    num_hosts = int(rng.choice([1, 2, 4, 8]))
+    batch = num_hosts * int(rng.integers(8, 40))
+    num_tasks = int(rng.integers(1, 6))
+    counts = mixing.batch_counts(rng.exponential(size=num_tasks) + 1e-3, batch,
+                                 min_per_task=batch // (4 * num_tasks))
+    per_host = [dynamic_mixture.host_counts(counts, h, num_hosts)
+                for h in range(num_hosts)]
+    assert all(c.sum() == batch // num_hosts for c in per_host)
+    np.testing.assert_array_equal(np.sum(per_host, axis=0), counts)
+
+
+def test_every_host_computes_the_same_counts():
+  """Hosts fed the same (globally reduced) metrics compose with identical counts."""
+  hosts = [dynamic_mixture.DynamicBatches(_task_datasets(), mixing.Sampler(
+      3, "difficulty", window=2, min_per_task=1), 12, h, 2) for h in range(2)]
+  rng = np.random.default_rng(1)
+  for _ in range(6):
+    metrics = (rng.uniform(1, 9, 3), rng.uniform(5, 9, 3))
+    for host in hosts:
+      host.next()
+      host.record(*metrics)
+      host.prefetch()
+    np.testing.assert_array_equal(hosts[0].last_counts, hosts[1].last_counts)
+    np.testing.assert_array_equal(hosts[0].last_weights, hosts[1].last_weights)
+  for host in hosts:
+    host.next()
+    host.close()
+  assert hosts[0].sampler.step == 5  # One step of lag: the 6th metrics are unapplied.
+
+
+def test_loss_reweight_scales_decoder_loss_weights():
+  sampler = mixing.Sampler(3, "loss_reweight", window=1, min_per_task=4)
+  batches = dynamic_mixture.DynamicBatches(_task_datasets(), sampler, 12)
+  batches.next()
+  batches.record([3.0, 1.0, 2.0], [1.0, 1.0, 1.0])
+  batches.record([3.0, 1.0, 2.0], [1.0, 1.0, 1.0])  # Applies the first.
+  batches.prefetch()
+  batch = batches.next()
+  plain = next(iter(_task_datasets()[0].batch(1)))["decoder_loss_weights"].numpy()[0]
+  for task_id, factor in enumerate([1.5, 0.5, 1.0]):  # 3 * L_t / sum L
+    rows = batch["decoder_loss_weights"][batch["task_id"] == task_id]
+    np.testing.assert_allclose(rows, np.tile(plain * factor, (4, 1)))
+  batches.close()
+
+
+def test_make_sampler_errors_name_the_binding():
+  with pytest.raises(ValueError, match="make_sampler.rates"):
+    dynamic_mixture.make_sampler(3, strategy="fixed")
+  with pytest.raises(ValueError, match="only read by strategy='fixed'"):
+    dynamic_mixture.make_sampler(3, strategy="uniform", rates=[1, 1, 1])
+  sampler = dynamic_mixture.make_sampler(3, lambda: [10, 30, 60], strategy="size",
+                                         min_per_task=0)
+  np.testing.assert_array_equal(sampler.counts(10), [1, 3, 6])
+
+
+# -------------------------------------------------------------- in the trainer
+
+
+def _train(model_dir, steps, *, period=4):
+  lr = utils.create_learning_rate_scheduler(base_learning_rate=1e-2, warmup_steps=2,
+                                            decay_steps=30)
+  return train_lib.train(
+      model=toy_model.ToyModel(),
+      train_dataset_cfg=utils.DatasetConfig(
+          _toy_dynamic_mixture(), toy_model.TASK_FEATURE_LENGTHS, "train", 16, True, 0),
+      partitioner=partitioning.PjitPartitioner(),
+      model_dir=str(model_dir), total_steps=steps,
+      checkpoint_cfg=utils.CheckpointConfig(
+          save=utils.SaveCheckpointConfig(period=period, keep=2)),
+      log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
+      make_sampler=functools.partial(dynamic_mixture.make_sampler, window=3,
+                                     min_per_task=1))
+
+
+@pytest.fixture
+def record_batches(monkeypatch):
+  """Every batch the trainer takes, as (task ids, inputs) pairs, in order."""
+  recorded = []
+  original = dynamic_mixture.DynamicBatches.next
+
+  def next_and_record(self):
+    batch = original(self)
+    recorded.append((batch["task_id"].copy(), batch["encoder_input_tokens"].copy()))
+    return batch
+
+  monkeypatch.setattr(dynamic_mixture.DynamicBatches, "next", next_and_record)
+  return recorded
+
+
+def test_resumed_run_sees_the_uninterrupted_batches(clean_gin, tmp_path, record_batches):
+  """24 steps in one go vs 4 steps, then a resumed run to 24: the 20 batches after the
+  checkpoint are identical (task ids and examples), and so are the final params."""
+  _, full = _train(tmp_path / "full", 24)
+  full_batches = list(record_batches)
+  counts = [np.bincount(t, minlength=3) for t, _ in full_batches]
+  assert len({tuple(c) for c in counts}) > 1, "the weights never moved the counts"
+  record_batches.clear()
+  _train(tmp_path / "split", 4)
+  record_batches.clear()
+  _, resumed = _train(tmp_path / "split", 24)
+  assert len(record_batches) == 20
+  for (t_full, x_full), (t_res, x_res) in zip(full_batches[4:], record_batches):
+    np.testing.assert_array_equal(t_full, t_res)
+    np.testing.assert_array_equal(x_full, x_res)
+  for a, b in zip(np.asarray(full["params"]["logits"]["kernel"]).ravel(),
+                  np.asarray(resumed["params"]["logits"]["kernel"]).ravel()):
+    assert a == b
+
+
+def test_sampling_weights_logged(clean_gin, tmp_path):
+  _train(tmp_path, 5)
+  lines = [json.loads(l) for l in (tmp_path / "sampling.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4, 5]
+  for line in lines:
+    assert sorted(line["weights"]) == sorted(TASKS)
+    assert sum(line["counts"].values()) == 16
+    assert sum(line["weights"].values()) == pytest.approx(1.0)
+  assert lines[0]["weights"] == {t: pytest.approx(1 / 3) for t in TASKS}  # Warm start.
