@@ -85,8 +85,11 @@ class LazySource(seqio.DataSource):
 
   def get(self) -> seqio.DataSource:
     """The real source, built (or rebuilt after a gin change) now."""
-    config = gin.config_str()
-    if self._built is None or self._built_for != config:
+    try:
+      config = gin.config_str()
+    except Exception:  # pylint: disable=broad-except  # Unprintable values: rebuild.
+      config = None
+    if self._built is None or config is None or self._built_for != config:
       try:
         with gin.config_scope(self.scope):
           self._built = self._factory()
