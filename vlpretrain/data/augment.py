@@ -30,7 +30,10 @@ and stay in that range. Every op is the identity at magnitude 0. At M = 10:
 
 Geometric ops move the content, so boxes and referring expressions with positions
 ("the left circle") would no longer match the image: they are **off by default**; turn
-them on only for tasks without boxes or spatial words. Preprocessors do not see the
+them on only for tasks without boxes or spatial words. Likewise `hue` (and strong
+`saturation`) change colour names: a "green circle" may come out pink, so for text
+that names colours (the shapes world's captions and questions, VQA colour questions)
+choose the ops with `augment.rand_augment.ops = [...]` and leave those out. Preprocessors do not see the
 split, so bind augmentation only in training configs (see images.preprocess_dataset).
 
 Gin: `images.preprocess_dataset.augment = @augment.rand_augment` with

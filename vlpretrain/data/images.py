@@ -18,6 +18,10 @@ from typing import Callable, Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
+from vlpretrain.data import augment as _augment  # Registers @augment.rand_augment (gin).
+
+del _augment
+
 Size = Union[int, Sequence[int]]
 
 
