@@ -94,14 +94,19 @@ def _hide_path_not_found(record: pylogging.LogRecord) -> bool:
 def parse_gin_flags(gin_search_paths: Sequence[str],
                     gin_files: Sequence[str],
                     gin_bindings: Sequence[str],
-                    finalize_config: bool = True) -> None:
-  """Adds search paths, parses files then bindings, and (by default) finalizes gin."""
+                    finalize_config: bool = True,
+                    require_gin_file: bool = True) -> None:
+  """Adds search paths, parses files then bindings, and (by default) finalizes gin.
+
+  Tools that run without a model (tools/show_task.py, tools/bench_input.py) pass
+  require_gin_file=False: bindings alone are enough for them.
+  """
   paths = list(gin_search_paths)
   if os.path.isdir(REPO_GIN_DIR) and REPO_GIN_DIR not in paths:
     paths.append(REPO_GIN_DIR)
   for path in paths:
     gin.add_config_file_search_path(path)
-  if not gin_files:
+  if not gin_files and require_gin_file:
     raise app.UsageError("No --gin_file given, e.g. --gin_file=gin/jar_tiny.gin.")
   # gin logs every search path it tries, and an ERROR for each one a file is *not*
   # in; hide those (a file found nowhere still raises).

@@ -1,0 +1,75 @@
+"""tools/show_task.py and tools/bench_input.py on the shapes world (small splits)."""
+import functools
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import PIL.Image
+
+from vlpretrain.data import shapes
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+
+
+@functools.lru_cache(maxsize=None)  # Once per process: the tools define absl flags.
+def _tool(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_show_task_shapes_cap(tmp_path, small_shapes):
+  import vlpretrain.tasks  # pylint: disable=g-import-not-at-top,unused-import
+  show_task = _tool("show_task")
+  records = show_task.show("shapes_cap", n=5, out_dir=str(tmp_path))
+  with open(tmp_path / "examples.jsonl") as f:
+    lines = [json.loads(line) for line in f]
+  assert lines == records and len(lines) == 5
+  # Unshuffled, one shard of 200 scenes: scenes 0..4 of the train split, in order.
+  captions = [shapes.make_scene(0, "train", i, draw=False).caption for i in range(5)]
+  assert [l["targets"] for l in lines] == captions
+  assert {(l["inputs"], l["task"]) for l in lines} == {("caption:", "shapes_cap")}
+  assert all(l["image_shape"] == [64, 64, 3] for l in lines)
+  # 5 examples: 3 columns x 2 rows of cells; 64 px images are shown 3x (192 px).
+  assert show_task.cell_size((64, 64)) == (200, 272, 3)
+  with PIL.Image.open(tmp_path / "grid.png") as grid:
+    assert grid.size == (3 * 200, 2 * 272)
+    pixels = np.asarray(grid.convert("RGB"))
+  scene = shapes.make_scene(0, "train", 1, image_size=64)  # Second cell, top row.
+  np.testing.assert_array_equal(pixels[4:196:3, 204:396:3], scene.image)
+
+
+def test_show_task_mixture_names_tasks(tmp_path, small_shapes):
+  import vlpretrain.tasks  # pylint: disable=g-import-not-at-top,unused-import
+  from vlpretrain.tasks import shapes_pretrain  # pylint: disable=g-import-not-at-top
+  records = _tool("show_task").show("shapes_pretrain", n=12, out_dir=str(tmp_path))
+  assert len(records) == 12
+  assert {r["task"] for r in records} <= set(shapes_pretrain.PRETRAIN_TASKS)
+  assert len({r["task"] for r in records}) >= 4
+
+
+def test_bench_input_writes_its_json(tmp_path, clean_gin):
+  bench = _tool("bench_input")
+  path = tmp_path / "bench.json"
+  result = bench.run("shapes_cap", image_size=32, json_path=str(path),
+                     gin_bindings=["shapes.shapes_settings.num_train = 64"],
+                     batch_size=4, steps=3, warmup=1, repeats=2,
+                     feature_lengths={"inputs": 8, "targets": 24})
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(result))
+  assert saved["image_shape"] == [32, 32, 3]
+  assert (saved["batch_size"], saved["steps"], saved["warmup"], saved["repeats"]) == (
+      4, 3, 1, 2)
+  assert len(saved["examples_per_second_runs"]) == 2
+  assert all(v > 0 and math.isfinite(v) for v in saved["examples_per_second_runs"])
+  assert saved["examples_per_second"] == np.median(saved["examples_per_second_runs"])
+  assert saved["batches_per_second"] == saved["examples_per_second"] / 4
+  assert saved["model_features"] == [
+      "decoder_input_tokens", "decoder_loss_weights", "decoder_target_tokens",
+      "encoder_input_tokens", "image"]
+  assert saved["gin_bindings"] == ["shapes.shapes_settings.num_train = 64",
+                                   "shapes.shapes_settings.image_size = 32"]
