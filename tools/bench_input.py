@@ -18,6 +18,7 @@ size into TFRecords under $VLPRETRAIN_CACHE: that first build is timed separatel
 """
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -82,6 +83,8 @@ def bench(mixture: str, batch_size: int = 32, steps: int = 100, warmup: int = 20
       "setup_seconds": setup,
       "cpu_count": os.cpu_count(),
       "load_average": list(os.getloadavg()),
+      # Peak resident memory of this process (shuffle buffers hold decoded images).
+      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
       "model_features": sorted(batch),
   }
 
@@ -94,8 +97,8 @@ def print_table(result: dict) -> None:
     print(f"{result['mixture'] + f' #{i + 1}':<20}{shape:>12}{result['batch_size']:>7}"
           f"{result['steps']:>7}{ex_s:>10.1f}{ex_s / result['batch_size']:>9.2f}")
   print(f"median {result['examples_per_second']:.1f} ex/s; setup "
-        f"{result['setup_seconds']:.1f}s; {result['cpu_count']} CPUs, load average "
-        f"{result['load_average'][0]:.2f}")
+        f"{result['setup_seconds']:.1f}s; peak RSS {result['peak_rss_gib']:.2f} GiB; "
+        f"{result['cpu_count']} CPUs, load average {result['load_average'][0]:.2f}")
 
 
 def run(mixture: str, image_size: Optional[int] = None, gin_files: Sequence[str] = (),

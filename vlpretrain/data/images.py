@@ -39,10 +39,17 @@ def decode(data: tf.Tensor) -> tf.Tensor:
 
 
 def resize(image: tf.Tensor, size: Size) -> tf.Tensor:
-  """Bilinear resize (antialiased when shrinking) to `size` = S or (H, W); float32."""
+  """Bilinear resize (antialiased when shrinking) to `size` = S or (H, W); float32.
+
+  An image already of that size is returned as is (the resize would be the exact
+  identity, and it costs more than the PNG decode at 224 px: tools/bench_input.py).
+  """
   h, w = _hw(size)
-  image = tf.image.resize(tf.cast(image, tf.float32), (h, w),
-                          method="bilinear", antialias=True)
+  image = tf.cast(image, tf.float32)
+  shape = tf.shape(image)
+  image = tf.cond(
+      tf.logical_and(tf.equal(shape[0], h), tf.equal(shape[1], w)), lambda: image,
+      lambda: tf.image.resize(image, (h, w), method="bilinear", antialias=True))
   return tf.ensure_shape(image, (h, w, image.shape[-1]))
 
 
