@@ -160,8 +160,19 @@ def test_augmented_dataset_is_deterministic_in_parallel_and_in_range(clean_gin):
 
 
 def test_gin_binding_reaches_preprocess_dataset(clean_gin):
-  gin.parse_config(["images.preprocess_dataset.resize = 'fit'",
-                    "images.preprocess_dataset.pad_value = -1.0"])
-  ds = tf.data.Dataset.from_tensor_slices({"image": [_png(_pattern(4, 8))]})
+  # As the project's gin files write it (dynamic registration, module imports).
+  gin.parse_config("""
+      from __gin__ import dynamic_registration
+      from vlpretrain.data import augment
+      from vlpretrain.data import images
+      images.preprocess_dataset.resize = 'fit'
+      images.preprocess_dataset.pad_value = -1.0
+      images.preprocess_dataset.augment = @augment.rand_augment
+      augment.rand_augment.num_ops = 1
+      augment.rand_augment.magnitude = 10
+      augment.rand_augment.ops = ['solarize']
+  """)
+  ds = tf.data.Dataset.from_tensor_slices({"image": [_png(np.full((4, 8, 3), 200))]})
   out = next(images.preprocess_dataset(ds, 8).as_numpy_iterator())["image"]
+  np.testing.assert_allclose(out[:4], (255 - 200) / 127.5 - 1, atol=1e-6)  # Solarized.
   assert np.all(out[4:] == -1.0)
