@@ -172,6 +172,9 @@ def ivqa_accuracy(targets, predictions) -> dict:
 # each coordinate quantised to one of `bins` integers 0..bins-1 as round(v * (bins - 1))
 # (so 0 -> 0 and 1 -> bins - 1), and the integers are joined by single spaces. The
 # tokenizer appends EOS. Reading the text back maps an integer i to i / (bins - 1).
+# The round trip moves each coordinate by at most half a bin (0.5 / 99); the IoU it
+# costs grows as boxes shrink: mean 0.983 for sides uniform in [0.3, 1], 0.980 in
+# [0.2, 1], 0.911 over all random boxes, where tiny ones can vanish (tests/test_metrics.py).
 
 
 _UNSIGNED_INT = re.compile(r"[0-9]+")
