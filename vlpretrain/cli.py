@@ -1,6 +1,7 @@
 """The `vlpretrain` console command: `vlpretrain <subcommand> [flags]`.
 
     vlpretrain train --gin_file=gin/jar_tiny.gin --gin.MODEL_DIR=/tmp/run
+    vlpretrain eval --gin_file=gin/eval_easy_vqa.gin --gin.CHECKPOINT_PATH=... --gin.EVAL_OUTPUT_DIR=...
     vlpretrain train --help      # the subcommand's flags
 """
 import importlib
@@ -10,6 +11,11 @@ from typing import Optional, Sequence
 # name -> (module with `main(argv)`, one-line description).
 SUBCOMMANDS = {
     "train": ("vlpretrain.train", "Train (or resume training) a model configured by gin."),
+    "eval": ("vlpretrain.eval",
+             "Evaluate checkpoint(s) on a split: greedy decoding + the Tasks' metrics."),
+    "infer": ("vlpretrain.infer", "Write one greedy prediction per example as JSONL."),
+    "export": ("vlpretrain.export",
+               "Export a checkpoint for serving (jax.export + serve.py, no TensorFlow)."),
 }
 
 USAGE = """usage: vlpretrain <subcommand> [--gin_file=FILE ...] [--gin_bindings=BINDING ...]

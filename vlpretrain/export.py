@@ -1,0 +1,169 @@
+r"""Export for serving: (encoded image bytes, prompt text) -> generated text.
+
+    vlpretrain export --gin_file=gin/export_easy_vqa.gin \
+        --gin.CHECKPOINT_PATH=/tmp/easy_vqa/checkpoints --gin.EXPORT_DIR=/tmp/easy_vqa_export
+    python /tmp/easy_vqa_export/serve.py /tmp/easy_vqa_export --image x.png \
+        --prompt "question: what color is the shape?"
+
+The artifact directory is loadable without vlpretrain or TensorFlow (numpy, jax, Pillow,
+sentencepiece only); see `vlpretrain/export_serve.py`, copied into it as `serve.py`.
+
+Format: `jax.export`. The exported function is
+`f(params: list of arrays, image f32[B,S,S,3], tokens i32[B,L]) -> i32[B,T]`: the
+model's own encoder and KV-cached greedy decoding (`model.predict_batch`) with a
+symbolic batch size B, lowered for each of `platforms` (default cpu and cuda) and
+serialized with `Exported.serialize()` (StableHLO with compatibility guarantees: a
+newer jax loads it). The params are stored next to it (params.npz, in
+`jax.tree.leaves` order) so the function stays small and the weights stay plain
+arrays. Why not a TF SavedModel via jax2tf: it would need TensorFlow at serving time,
+and SavedModels from this jax's jax2tf are not guaranteed to load in the pinned
+TensorFlow; `jax.export` needs only jax.
+"""
+import json
+import os
+import shutil
+from typing import Optional, Sequence
+
+from absl import logging
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlpretrain import checkpoints
+from vlpretrain import gin_utils
+from vlpretrain import utils
+
+FORMAT = "vlpretrain-jax-export"
+FORMAT_VERSION = 1
+SERVING_FN = "serving_fn.jax_export"
+PARAMS = "params.npz"
+SERVE_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_serve.py")
+
+
+def _sp_model_bytes(vocabulary, which: str) -> bytes:
+  sp_model = getattr(vocabulary, "sp_model", None)
+  if not sp_model:
+    raise ValueError(
+        f"The model's {which} vocabulary ({type(vocabulary).__name__}) is not a "
+        "SentencePiece vocabulary: the serving artifact tokenises with SentencePiece.")
+  return sp_model
+
+
+@gin.configurable
+def export(*,
+           model,
+           restore_checkpoint_cfg: utils.RestoreCheckpointConfig,
+           output_dir: str,
+           task_feature_lengths: dict,
+           image_size: Optional[int] = None,
+           platforms: Sequence[str] = ("cpu", "cuda"),
+           max_image_bytes: int = 20 * 1024 * 1024,
+           max_image_pixels: int = 4096 * 4096) -> str:
+  """Writes the serving artifact of a checkpoint to `output_dir`; returns its path.
+
+  Args:
+    model: the t5x-style model the checkpoint was trained with.
+    restore_checkpoint_cfg: CHECKPOINT_PATH and mode ('latest' or 'specific'); `dtype`
+      casts the exported params (e.g. 'bfloat16' halves the artifact).
+    output_dir: EXPORT_DIR; replaced if it holds an older export.
+    task_feature_lengths: {'inputs': L, 'targets': T}: the prompt length (with EOS)
+      and the number of generated tokens.
+    image_size: the model's input size S (default: the ViT config's).
+    platforms: jax.export lowering platforms ('cpu', 'cuda', 'rocm', 'tpu').
+    max_image_bytes, max_image_pixels: requests above these are rejected.
+  """
+  if restore_checkpoint_cfg is None or not restore_checkpoint_cfg.path:
+    raise ValueError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
+                     "/path/to/MODEL_DIR/checkpoints (or a step directory with "
+                     "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
+  if not output_dir:
+    raise ValueError("EXPORT_DIR is unset: pass --gin.EXPORT_DIR=/path/to/artifact.")
+  if not task_feature_lengths or not {"inputs", "targets"} <= set(task_feature_lengths):
+    raise ValueError("TASK_FEATURE_LENGTHS must give 'inputs' and 'targets', e.g. "
+                     "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 24, 'targets': 4}\".")
+  if image_size is None:
+    image_size = model.module.vit_config.image_size
+  input_len, target_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+  input_sp = _sp_model_bytes(model.input_vocabulary, "input")
+  output_sp = _sp_model_bytes(model.output_vocabulary, "output")
+
+  # Params (only) of the checkpoint, on one device.
+  shapes = {"image": (1, image_size, image_size, 3), "encoder_input_tokens": (1, input_len),
+            "decoder_input_tokens": (1, target_len)}
+  abstract, shardings = checkpoints.abstract_params(model, shapes)
+  (step_dir, step), = checkpoints.resolve(restore_checkpoint_cfg.path,
+                                          restore_checkpoint_cfg.mode)
+  params = checkpoints.restore_params(step_dir, abstract, shardings,
+                                      restore_checkpoint_cfg.dtype)
+  leaves, treedef = jax.tree.flatten(params)
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+  # The serving function, exported with a symbolic batch size.
+  def serving_fn(flat_params, image, tokens):
+    batch = {"image": image, "encoder_input_tokens": tokens,
+             "decoder_input_tokens": jnp.zeros((tokens.shape[0], target_len), jnp.int32)}
+    return model.predict_batch(jax.tree.unflatten(treedef, flat_params), batch)
+
+  (b,) = jax.export.symbolic_shape("b")
+  args = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+          jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.float32),
+          jax.ShapeDtypeStruct((b, input_len), jnp.int32))
+  logging.info("Exporting for platforms %s (step %s).", list(platforms), step)
+  exported = jax.export.export(jax.jit(serving_fn), platforms=tuple(platforms))(*args)
+
+  # Write into a fresh directory, then move it into place.
+  output_dir = os.path.abspath(output_dir)
+  tmp = output_dir.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, SERVING_FN), "wb") as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(tmp, PARAMS),
+           **{f"p{i:05d}": np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)})
+  vocab_files = {"input_vocabulary": "spm.model", "output_vocabulary": "spm.model"}
+  with open(os.path.join(tmp, "spm.model"), "wb") as f:
+    f.write(input_sp)
+  if output_sp != input_sp:
+    vocab_files["output_vocabulary"] = "output_spm.model"
+    with open(os.path.join(tmp, "output_spm.model"), "wb") as f:
+      f.write(output_sp)
+  shutil.copyfile(SERVE_PY, os.path.join(tmp, "serve.py"))
+  config = {
+      "format": FORMAT, "format_version": FORMAT_VERSION,
+      "serving_fn": SERVING_FN, "params": PARAMS, "num_params": len(leaves),
+      "param_names": names, **vocab_files,
+      "image_size": image_size, "input_length": input_len, "target_length": target_len,
+      "eos_id": int(model.output_vocabulary.eos_id), "pad_id": 0,
+      "max_image_bytes": int(max_image_bytes), "max_image_pixels": int(max_image_pixels),
+      "platforms": list(platforms), "jax_version": jax.__version__,
+      "checkpoint": step_dir, "step": step,
+      "preprocessing": "decode to RGB uint8; tf.image.resize(bilinear, antialias=True) "
+                       "to image_size (identity if already that size); x/127.5-1 "
+                       "clipped to [-1,1]; prompt: SentencePiece ids + EOS, 0-padded",
+  }
+  with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+  if os.path.isdir(output_dir):
+    if not os.path.exists(os.path.join(output_dir, "config.json")):
+      raise FileExistsError(f"EXPORT_DIR {output_dir!r} exists and is not an export "
+                            "artifact: choose an empty or new directory.")
+    shutil.rmtree(output_dir)
+  os.replace(tmp, output_dir)
+  logging.info("Exported step %s to %s (%d params, %.1f MB).", step, output_dir,
+               len(leaves), sum(x.nbytes for x in leaves) / 1e6)
+  return output_dir
+
+
+def main(argv: Sequence[str]) -> None:
+  """absl main: parse gin flags, then `export()` with everything bound by gin."""
+  if len(argv) > 1:
+    raise gin_utils.app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  gin_utils.parse_gin_flags_from_command_line()
+  export()  # pylint: disable=missing-kwoa  (all arguments come from gin)
+
+
+if __name__ == "__main__":
+  from vlpretrain import export as _export_module  # pylint: disable=import-self
+  gin_utils.run(_export_module.main)
