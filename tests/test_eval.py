@@ -195,6 +195,35 @@ def test_restore_params_of_a_train_checkpoint(clean_gin, toy_task, tmp_path):
   assert {x.dtype for x in jax.tree.leaves(half)} == {jnp.dtype(jnp.bfloat16)}
 
 
+@pytest.mark.parametrize("gin_file,task,split", [
+    ("eval_easy_vqa.gin", "easy_vqa", "test"), ("eval_vqa2.gin", "vqa2_vqa", "validation"),
+    ("eval_gqa.gin", "gqa_vqa", "test_dev"),
+    ("eval_snli_ve.gin", "snlive_entailment", "test")])
+def test_eval_gins(clean_gin, gin_file, task, split):
+  import gin  # pylint: disable=g-import-not-at-top
+  from vlpretrain import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags([], [gin_file], ["CHECKPOINT_PATH = '/ckpt'"])
+  cfg = utils.DatasetConfig()
+  assert (cfg.mixture_or_task_name, cfg.split, cfg.shuffle) == (task, split, False)
+  assert utils.RestoreCheckpointConfig().path == "/ckpt"
+  assert gin.query_parameter("%EVAL_OUTPUT_DIR") is None
+
+
+def test_finetune_gins_require_the_initial_checkpoint(clean_gin):
+  import gin  # pylint: disable=g-import-not-at-top
+  from vlpretrain import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags([], ["finetune_easy_vqa.gin"], [])
+  with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH is required: pass"):
+    utils.CheckpointConfig()
+  gin.clear_config(clear_constants=True)
+  gin_utils.parse_gin_flags([], ["finetune_vqa2.gin"], ["INITIAL_CHECKPOINT_PATH = '/p'"])
+  restore = utils.CheckpointConfig().restore
+  assert (restore.path, restore.mode) == ("/p", "latest")
+  assert gin.query_parameter("%TRAIN_STEPS") == 50000
+  assert utils.create_learning_rate_scheduler()(10**6) == 0.0  # Decays to 0 by 50k.
+  assert float(utils.create_learning_rate_scheduler()(1000)) == pytest.approx(1e-5)
+
+
 def _console_script() -> str:
   script = os.path.join(os.path.dirname(sys.executable), "vlpretrain")
   script = script if os.path.exists(script) else shutil.which("vlpretrain")

@@ -20,12 +20,25 @@ from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 STATE_ITEM = "state"
 MODES = ("latest", "specific")
+
+
+@gin.configurable
+def required_path(path: Optional[str] = None,
+                  macro: str = "INITIAL_CHECKPOINT_PATH") -> str:
+  """`path`, or a clear error naming the gin macro that must be set (runs/finetune.gin:
+  `utils.RestoreCheckpointConfig.path = @checkpoints.required_path()`)."""
+  if not path or path is gin.REQUIRED:
+    raise ValueError(
+        f"{macro} is required: pass --gin.{macro}=/path/to/pretraining/MODEL_DIR/"
+        "checkpoints (the run whose params to start from).")
+  return path
 
 
 def checkpoint_steps(directory: str) -> list[int]:
