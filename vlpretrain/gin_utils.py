@@ -76,9 +76,12 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
 
 # Module aliases that gin files import (`from vlpretrain import train as train_script`).
 # Command-line bindings are parsed without those imports, so `train_script.train.X = 1`
-# is rewritten to `vlpretrain.train.train.X = 1`; the other modules (`utils.`,
+# is rewritten to `vlpretrain.train.train.X = 1` (likewise eval_script, infer_script,
+# export_script); the other modules (`utils.`,
 # `partitioning.`, ...) already match by their own names.
-_BINDING_ALIASES = {"train_script": "vlpretrain.train"}
+_BINDING_ALIASES = {"train_script": "vlpretrain.train", "eval_script": "vlpretrain.eval",
+                    "infer_script": "vlpretrain.infer",
+                    "export_script": "vlpretrain.export"}
 _ALIAS_RE = re.compile(r"^(\s*(?:[\w.]+/)*)(%s)\." % "|".join(_BINDING_ALIASES))
 
 
