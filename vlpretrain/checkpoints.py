@@ -24,8 +24,19 @@ import gin
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 STATE_ITEM = "state"
+
+
+def _abspath(path: str) -> str:
+  """Absolute local path; URIs (gs://...) unchanged."""
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
+def _isdir(path: str) -> bool:
+  return tf.io.gfile.isdir(path)
 MODES = ("latest", "specific")
 
 
@@ -43,24 +54,24 @@ def required_path(path: Optional[str] = None,
 
 def checkpoint_steps(directory: str) -> list[int]:
   """The finished checkpoint steps in a `MODEL_DIR/checkpoints` directory, ascending."""
-  if not os.path.isdir(directory):
+  if not _isdir(directory):
     raise FileNotFoundError(f"Checkpoint directory {directory!r} does not exist.")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+  with ocp.CheckpointManager(_abspath(directory), options=options) as manager:
     return sorted(int(s) for s in manager.all_steps())
 
 
 def _manager_dir(path: str) -> str:
   """MODEL_DIR itself is accepted in place of MODEL_DIR/checkpoints."""
   nested = os.path.join(path, "checkpoints")
-  if os.path.isdir(nested) and not os.path.isdir(os.path.join(path, STATE_ITEM)):
+  if _isdir(nested) and not _isdir(os.path.join(path, STATE_ITEM)):
     return nested
   return path
 
 
 def step_dir_step(step_dir: str) -> Optional[int]:
   """The step of a step directory (its name), or None if the name is not a number."""
-  name = os.path.basename(os.path.normpath(step_dir))
+  name = os.path.basename(os.fspath(step_dir).rstrip("/"))
   return int(name) if name.isdigit() else None
 
 
@@ -80,19 +91,19 @@ def resolve(path: Optional[str], mode: str = "latest",
   if mode not in MODES:
     raise ValueError(f"utils.RestoreCheckpointConfig.mode={mode!r} is not supported; "
                      f"use one of {list(MODES)}.")
-  path = os.path.abspath(os.fspath(path))
+  path = _abspath(path).rstrip("/")
   if mode == "specific":
     if steps is not None:
       raise ValueError("checkpoint steps were given with mode='specific' (one step "
                        "directory): use mode='latest' with the checkpoints directory.")
-    if not os.path.isdir(os.path.join(path, STATE_ITEM)):
+    if not _isdir(os.path.join(path, STATE_ITEM)):
       raise FileNotFoundError(
           f"{path!r} is not a checkpoint step directory (it has no {STATE_ITEM!r}). "
           "With utils.RestoreCheckpointConfig.mode='specific' point CHECKPOINT_PATH at "
           "MODEL_DIR/checkpoints/<step>; or use mode='latest' with MODEL_DIR/checkpoints.")
     return [(path, step_dir_step(path))]
   directory = _manager_dir(path)
-  if os.path.isdir(os.path.join(directory, STATE_ITEM)):
+  if _isdir(os.path.join(directory, STATE_ITEM)):
     raise ValueError(
         f"{directory!r} is a single step directory: use "
         "utils.RestoreCheckpointConfig.mode='specific' for it, or point the path at its "
@@ -155,8 +166,8 @@ def restore_params(step_dir: str, abstract, shardings, dtype: Optional[str] = No
   a param missing from the checkpoint, or with another shape, is an error naming it.
   `dtype` casts floating-point params (e.g. 'bfloat16'); None keeps the model's dtype.
   """
-  state_dir = os.path.join(os.path.abspath(step_dir), STATE_ITEM)
-  if not os.path.isdir(state_dir):
+  state_dir = os.path.join(_abspath(step_dir), STATE_ITEM)
+  if not _isdir(state_dir):
     raise FileNotFoundError(f"No checkpoint state at {state_dir!r}.")
   target = {"params": _target(abstract, shardings, dtype)}
   logging.info("Restoring params from %s.", state_dir)

@@ -27,6 +27,7 @@ from absl import logging
 from clu import metric_writers
 import gin
 import jax
+import tensorflow as tf
 
 from vlpretrain import gin_utils
 from vlpretrain import inference
@@ -138,7 +139,7 @@ def evaluate(*,
   inference.hide_gpus_from_tf()
   is_primary = jax.process_index() == 0
   if is_primary:
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     if gin.config_str():
       gin_utils.write_config(output_dir, "config.gin")
 
@@ -147,7 +148,7 @@ def evaluate(*,
   writer = metric_writers.create_default_writer(
       output_dir, just_logging=not is_primary, asynchronous=False)
   history_path = os.path.join(output_dir, "metrics_history.json")
-  history = _read_json(history_path) if is_primary else {}
+  history = inference.read_json(history_path, {}) if is_primary else {}
   result = None
   for step_dir, step, params in generator.load_params(dataset_cfg, restore_checkpoint_cfg,
                                                       checkpoint_steps):
@@ -180,14 +181,6 @@ def evaluate(*,
   writer.flush()
   writer.close()
   return result
-
-
-def _read_json(path):
-  import json  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Sequence
 from absl import logging
 import gin
 import jax
+import tensorflow as tf
 
 from vlpretrain import gin_utils
 from vlpretrain import inference
@@ -43,7 +44,7 @@ def infer(*,
   inference.hide_gpus_from_tf()
   is_primary = jax.process_index() == 0
   if is_primary:
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     if gin.config_str():
       gin_utils.write_config(output_dir, "config.gin")
   generator = inference.Generator(model, partitioner, dataset_cfg.batch_size,

@@ -252,25 +252,31 @@ def prediction_records(preds: TaskPredictions,
 
 
 def write_jsonl(path: str, records) -> int:
-  """Writes records atomically (temp file + rename); returns the number of lines."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  """Writes records (temp file + rename, local or gs://); returns the number of lines."""
+  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   tmp = path + ".tmp"
   n = 0
-  with open(tmp, "w", encoding="utf-8") as f:
+  with tf.io.gfile.GFile(tmp, "w") as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
       n += 1
-  os.replace(tmp, path)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
   return n
 
 
 def write_json(path: str, obj: Mapping) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_json(path: str, default=None):
+  if not tf.io.gfile.exists(path):
+    return default
+  with tf.io.gfile.GFile(path, "r") as f:
+    return json.load(f)
 
 
 def output_name(task_name: str, split: str, step: Optional[int]) -> str:
