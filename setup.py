@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "numpy==2.4.6",
     "pillow==13.0.0",
+    "matplotlib==3.11.2",  # tools/plot_sampling.py
     "absl-py==2.5.1",
     "easy-vqa==1.0",
 ]

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Few steps on a small shapes world, one log line per step.
-TINY_RUN = ["--gin_file=gin/jar_tiny.gin", "--gin.BATCH_SIZE=4",
+# Few steps on a small shapes world, one log line per step; the smallest batch of the
+# dynamic mixture shapes_pretrain (9 tasks x min_per_task 2).
+TINY_RUN = ["--gin_file=gin/jar_tiny.gin", "--gin.BATCH_SIZE=18",
             "--gin.shapes.shapes_settings.num_train=64",
             "--gin.shapes.shapes_settings.num_validation=16",
             "--gin.train_script.train.log_period=1"]
@@ -54,9 +55,12 @@ def test_train_then_resume(tmp_path):
   assert "step 2/2 | loss" in proc.stderr
   assert os.path.isdir(os.path.join(model_dir, "checkpoints", "2", "state"))
   assert os.path.isdir(os.path.join(model_dir, "checkpoints", "2", "dataset"))
+  assert os.path.isdir(os.path.join(model_dir, "checkpoints", "2", "sampler"))
   assert glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))
-  assert "MIXTURE_OR_TASK_NAME = 'shapes_cap'" in open(
+  assert "MIXTURE_OR_TASK_NAME = 'shapes_pretrain'" in open(
       os.path.join(model_dir, "config.gin")).read()
+  with open(os.path.join(model_dir, "sampling.jsonl")) as f:
+    assert len(f.readlines()) == 2  # One line per log period (1 step here).
 
   proc = _run(_console_script(), "train", *TINY_RUN, f"--gin.MODEL_DIR={model_dir}",
               "--gin.TRAIN_STEPS=3")

@@ -3,9 +3,11 @@ import functools
 import json
 
 import numpy as np
+import PIL.Image
 import pytest
 import seqio
 
+from test_tools import _tool
 import toy_model
 from vlpretrain import dynamic_mixture
 from vlpretrain import mixing
@@ -113,7 +115,7 @@ def test_make_sampler_errors_name_the_binding():
 # -------------------------------------------------------------- in the trainer
 
 
-def _train(model_dir, steps, *, period=4):
+def _train(model_dir, steps, *, period=4, save_dataset=True):
   lr = utils.create_learning_rate_scheduler(base_learning_rate=1e-2, warmup_steps=2,
                                             decay_steps=30)
   return train_lib.train(
@@ -123,7 +125,8 @@ def _train(model_dir, steps, *, period=4):
       partitioner=partitioning.PjitPartitioner(),
       model_dir=str(model_dir), total_steps=steps,
       checkpoint_cfg=utils.CheckpointConfig(
-          save=utils.SaveCheckpointConfig(period=period, keep=2)),
+          save=utils.SaveCheckpointConfig(period=period, keep=2,
+                                          save_dataset=save_dataset)),
       log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
       make_sampler=functools.partial(dynamic_mixture.make_sampler, window=3,
                                      min_per_task=1))
@@ -144,17 +147,22 @@ def record_batches(monkeypatch):
   return recorded
 
 
-def test_resumed_run_sees_the_uninterrupted_batches(clean_gin, tmp_path, record_batches):
+@pytest.mark.parametrize("save_dataset", [True, False],
+                         ids=["iterator_state", "skip_consumed"])
+def test_resumed_run_sees_the_uninterrupted_batches(clean_gin, tmp_path, record_batches,
+                                                    save_dataset):
   """24 steps in one go vs 4 steps, then a resumed run to 24: the 20 batches after the
-  checkpoint are identical (task ids and examples), and so are the final params."""
+  checkpoint are identical (task ids and examples), and so are the final params. Without
+  iterator state, each task skips the examples the checkpoint says were consumed."""
   _, full = _train(tmp_path / "full", 24)
   full_batches = list(record_batches)
   counts = [np.bincount(t, minlength=3) for t, _ in full_batches]
   assert len({tuple(c) for c in counts}) > 1, "the weights never moved the counts"
   record_batches.clear()
-  _train(tmp_path / "split", 4)
+  _train(tmp_path / "split", 4, save_dataset=save_dataset)
+  assert (tmp_path / "split/checkpoints/4/dataset").exists() == save_dataset
   record_batches.clear()
-  _, resumed = _train(tmp_path / "split", 24)
+  _, resumed = _train(tmp_path / "split", 24, save_dataset=save_dataset)
   assert len(record_batches) == 20
   for (t_full, x_full), (t_res, x_res) in zip(full_batches[4:], record_batches):
     np.testing.assert_array_equal(t_full, t_res)
@@ -173,3 +181,14 @@ def test_sampling_weights_logged(clean_gin, tmp_path):
     assert sum(line["counts"].values()) == 16
     assert sum(line["weights"].values()) == pytest.approx(1.0)
   assert lines[0]["weights"] == {t: pytest.approx(1 / 3) for t in TASKS}  # Warm start.
+
+  plot_sampling = _tool("plot_sampling")
+  steps, shares = plot_sampling.series(plot_sampling.read_sampling_log(str(tmp_path)),
+                                       "share")
+  assert steps == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose(np.sum(list(shares.values()), axis=0), 100.0)
+  np.testing.assert_allclose(shares["dyn_toy_b"],
+                             [100 * l["counts"]["dyn_toy_b"] / 16 for l in lines])
+  out = plot_sampling.plot(str(tmp_path), str(tmp_path / "weights.png"))
+  assert PIL.Image.open(out).size == (1000, 550)
+  assert plot_sampling.main([str(tmp_path / "missing")]) == 2

@@ -54,6 +54,7 @@ _WORKER = textwrap.dedent(r"""
     import gin
     from vlpretrain import gin_utils
     gin_utils.parse_gin_flags(["."], [gin_file], [
+        "MIXTURE_OR_TASK_NAME = 'shapes_cap'",
         "shapes.shapes_settings.num_train = 64",
         "shapes.shapes_settings.num_validation = 16"], finalize_config=False)
     macro = lambda name: gin.query_parameter(f"{name}/macro.value")

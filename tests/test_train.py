@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import seqio
+import tensorflow as tf
 
 import toy_model
 from vlpretrain import gin_utils
@@ -127,6 +129,33 @@ def test_resumed_run_equals_uninterrupted(clean_gin, toy_task, tmp_path, caplog,
   assert "Resuming from checkpoint at step 2" in caplog.text
   _assert_same_params(full["params"], resumed["params"])
   _assert_same_params(full["opt_state"], resumed["opt_state"])
+
+
+def _register_generator_task(name="toy_generator_task"):
+  """The toy examples through `from_generator`, as sources that read files in Python."""
+  if name not in seqio.TaskRegistry.names():
+    def examples(split, shuffle_files=False, seed=None):
+      ds = toy_model._toy_examples(split, shuffle_files, seed)  # pylint: disable=protected-access
+      return tf.data.Dataset.from_generator(ds.as_numpy_iterator,
+                                            output_signature=ds.element_spec)
+    toy = seqio.get_mixture_or_task(toy_model.register_toy_task())
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(examples, splits=["train"]),
+        preprocessors=toy.preprocessors, output_features=toy.output_features)
+  return name
+
+
+def test_python_source_resumes_by_skipping(clean_gin, tmp_path, caplog):
+  """tf.data cannot save a from_generator iterator: the trainer says so once, saves
+  checkpoints without it, and a resumed run skips to the same batches."""
+  task = _register_generator_task()
+  _, full = _train(tmp_path / "full", 4, task)
+  with caplog.at_level(logging.WARNING):
+    _train(tmp_path / "split", 2, task)
+  assert "GeneratorDataset" in caplog.text and "cannot checkpoint" in caplog.text
+  assert not (tmp_path / "split/checkpoints/2/dataset").exists()
+  _, resumed = _train(tmp_path / "split", 4, task)
+  _assert_same_params(full["params"], resumed["params"])
 
 
 class _NanModel(toy_model.ToyModel):

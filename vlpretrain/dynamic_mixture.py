@@ -22,7 +22,9 @@ by a signal computed during training):
     'uniform'` etc. (seed 001 Table 4 ablations).
 
 Exact resumption: the checkpoint holds each task iterator's tf.data state (per host), the
-sampler's state and the last step's not-yet-applied losses (`state_dict`).
+sampler's state, the last step's not-yet-applied losses and how many examples every host
+has taken from every task (`state_dict`). Pipelines that tf.data cannot checkpoint
+(sources that read files in Python) resume by skipping each task's consumed examples.
 """
 import concurrent.futures
 from typing import Callable, Mapping, Optional, Sequence
@@ -159,6 +161,8 @@ class DynamicBatches:
     self._future = None
     self.last_weights = sampler.weights()
     self.last_counts = np.zeros(len(datasets), np.int64)
+    # consumed[h, t]: examples host h has taken from task t (every host knows all rows).
+    self.consumed = np.zeros((num_shards, len(datasets)), np.int64)
 
   @property
   def num_tasks(self) -> int:
@@ -171,6 +175,8 @@ class DynamicBatches:
     self.last_weights = self.sampler.weights()
     self.last_counts = self.sampler.counts(self.global_batch_size)
     loss_weights = self.sampler.loss_weights()
+    for h in range(self.num_shards):
+      self.consumed[h] += host_counts(self.last_counts, h, self.num_shards)
     counts = host_counts(self.last_counts, self.shard_index, self.num_shards)
     self._future = self._executor.submit(self._compose, counts, loss_weights)
 
@@ -208,13 +214,20 @@ class DynamicBatches:
     state = {k: np.asarray(v).tolist() for k, v in self.sampler.state_dict().items()}
     state["unapplied"] = (None if self._unapplied is None else
                           [np.asarray(x, np.float64).tolist() for x in self._unapplied])
+    state["consumed"] = self.consumed.tolist()
     return state
 
   def load_state_dict(self, state: dict) -> None:
     if self._future is not None:
       raise RuntimeError("load_state_dict() while a batch is being composed.")
-    self.sampler.from_state_dict(
-        {k: np.asarray(v) for k, v in state.items() if k != "unapplied"})
+    self.sampler.from_state_dict({k: np.asarray(v) for k, v in state.items()
+                                  if k not in ("unapplied", "consumed")})
+    consumed = np.asarray(state["consumed"], np.int64)
+    if consumed.shape != self.consumed.shape:
+      raise ValueError(f"The checkpoint's dynamic mixture state is for {consumed.shape[0]} "
+                       f"hosts and {consumed.shape[1]} tasks; this run has "
+                       f"{self.consumed.shape[0]} hosts and {self.consumed.shape[1]} tasks.")
+    self.consumed = consumed
     unapplied = state.get("unapplied")
     self._unapplied = None if unapplied is None else tuple(
         np.asarray(x, np.float64) for x in unapplied)

@@ -37,6 +37,8 @@ from vlpretrain import utils
 
 # Model-input features whose shapes `get_initial_variables` needs.
 _INIT_FEATURES = ("image", "encoder_input_tokens", "decoder_input_tokens")
+# tf.data ops that run Python with state; an iterator over them cannot be saved.
+_UNSAVEABLE_OPS = frozenset({"GeneratorDataset", "PyFunc", "EagerPyFunc"})
 
 
 # -----------------------------------------------------------------------------
@@ -84,6 +86,20 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
 @dataclasses.dataclass
 class DatasetIteratorArgs(ocp.args.CheckpointArgs):
   iterator: Any  # A tf.data iterator, or a {name: iterator} dict.
+
+
+def _unsaveable_ops(datasets: Sequence[tf.data.Dataset]) -> set[str]:
+  """The ops of `datasets`' graphs that keep their iterators from being checkpointed
+  (e.g. `from_generator` sources that read files in Python)."""
+  found = set()
+  for ds in datasets:
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(ds._as_serialized_graph().numpy())  # pylint: disable=protected-access
+    ops = {n.op for n in graph.node}
+    for fn in graph.library.function:
+      ops |= {n.op for n in fn.node_def}
+    found |= ops & _UNSAVEABLE_OPS
+  return found
 
 
 def _cast_floats(tree, dtype):
@@ -215,17 +231,20 @@ def train(*,
   if isinstance(provider, dynamic_mixture.DynamicMixture):
     task_datasets = utils.get_task_datasets(train_dataset_cfg, shard.index,
                                             shard.num_shards, feature_converter_cls)
+    unsaveable = _unsaveable_ops(task_datasets)
+    if resume_data and not has_data_state:
+      # Fallback for pipelines without iterator state: every task skips the examples
+      # this host took from it (recorded with the sampler), exact for fixed seeds.
+      consumed = manager.restore(resume_step, args=ocp.args.Composite(
+          sampler=ocp.args.JsonRestore()))["sampler"]["consumed"][shard.index]
+      logging.info("Checkpoint %d has no data iterator state: skipping %s examples "
+                   "of the tasks.", resume_step, consumed)
+      task_datasets = [ds.skip(n) for ds, n in zip(task_datasets, consumed)]
     sampler = make_sampler(num_tasks=len(task_datasets), dataset_sizes=functools.partial(
         provider.num_examples, train_dataset_cfg.split))
     batches = dynamic_mixture.DynamicBatches(task_datasets, sampler, global_batch_size,
                                              shard.index, shard.num_shards)
     example_spec = task_datasets[0].element_spec
-    if resume_data and not has_data_state:
-      raise ValueError(
-          f"Checkpoint {resume_step} in {ckpt_dir} has no data iterator state, and a "
-          "dynamic mixture's batches depend on the losses, so they cannot be skipped. "
-          "Resume with --gin.utils.RestoreCheckpointConfig.restore_dataset=False (the "
-          "data restarts from the beginning).")
   else:
     train_ds = utils.get_dataset(train_dataset_cfg, shard.index, shard.num_shards,
                                  feature_converter_cls)
@@ -236,8 +255,16 @@ def train(*,
                    resume_step, resume_step)
       train_ds = train_ds.skip(resume_step)
     train_iter = iter(train_ds)
+    unsaveable = _unsaveable_ops([train_ds])
     example_spec = {k: tf.TensorSpec(v.shape[1:], v.dtype)
                     for k, v in train_ds.element_spec.items()}
+  save_dataset = save_cfg.save_dataset and not unsaveable
+  if save_cfg.save_dataset and unsaveable:
+    logging.warning(
+        "The input pipeline has ops that run Python (%s: e.g. a source that reads files "
+        "in Python), so tf.data cannot checkpoint its position. Checkpoints record how "
+        "far it got instead, and a resumed run skips ahead (the same batches for a fixed "
+        "seed, but slower to restart).", ", ".join(sorted(unsaveable)))
   for name in _INIT_FEATURES:
     if name not in example_spec:
       raise ValueError(f"The feature converter {feature_converter_cls.__name__} gives "
@@ -294,10 +321,10 @@ def train(*,
     if restore_cfg.dtype:
       target = dict(target, params=_cast_floats(target["params"], restore_cfg.dtype))
     items = {"state": ocp.args.StandardRestore(target)}
+    if resume_data and batches is not None:
+      items["sampler"] = ocp.args.JsonRestore()
     if resume_data and has_data_state:
       items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
-      if batches is not None:
-        items["sampler"] = ocp.args.JsonRestore()
     elif not resume_data:
       logging.warning("restore_dataset=False: the data restarts from the beginning.")
     restored = manager.restore(resume_step, args=ocp.args.Composite(**items))
@@ -412,7 +439,8 @@ def train(*,
                      " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
 
       if (save_cfg.period and step % save_cfg.period == 0) or step == total_steps:
-        _save_checkpoint(manager, step, state, train_iter, batches, save_cfg)
+        _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
+                         save_dataset)
         last_saved = step
       if batches is not None and step < total_steps:
         batches.prefetch()  # Batch step+1, composed while this step runs.
@@ -421,7 +449,8 @@ def train(*,
   # Finish: a checkpoint of the final step exists and everything is flushed.
   # ---------------------------------------------------------------------------
   if last_saved != step:  # Only when no step ran and MODEL_DIR had no checkpoint.
-    _save_checkpoint(manager, step, state, train_iter, batches, save_cfg)
+    _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
+                         save_dataset)
   manager.wait_until_finished()
   manager.close()
   writer.close()
@@ -440,15 +469,15 @@ def _data_iterators(train_iter, batches):
   return {f"task_{i:03d}": it for i, it in enumerate(batches.iterators)}
 
 
-def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg):
+def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg, save_dataset):
   """Saves state (+ this host's data iterators, + the sampler) as checkpoints/<step>."""
   to_save = state if not save_cfg.dtype else dict(
       state, params=_cast_floats(state["params"], save_cfg.dtype))
   items = {"state": ocp.args.StandardSave(to_save)}
-  if save_cfg.save_dataset:
+  if save_dataset:
     items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
-    if batches is not None:
-      items["sampler"] = ocp.args.JsonSave(batches.state_dict())
+  if batches is not None:
+    items["sampler"] = ocp.args.JsonSave(batches.state_dict())
   manager.save(step, args=ocp.args.Composite(**items), force=True)
   logging.info("Saved checkpoint for step %d.", step)
 
