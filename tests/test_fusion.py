@@ -70,6 +70,28 @@ def test_add_gating_uses_the_image_from_the_start():
   assert float(jnp.max(jnp.abs(diff))) > 1e-3
 
 
+def test_open_gates_pass_the_image_and_its_gradient():
+  """gate_init=1 (from-scratch configs): tanh(1) gates, so the image matters at init and
+  the image projection gets a gradient; with the paper's zero gates it gets exactly 0."""
+  image_a, image_b, tokens = _inputs()
+
+  def projection_grad(module, variables):
+    loss = lambda p: jnp.sum(module.apply({"params": p}, image_a, tokens, tokens) ** 2)
+    grads = jax.grad(loss)(variables["params"])["fusion"]["image_projection"]
+    return max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
+
+  closed = _network(fusion.JAR(num_latents=4, num_iterations=2))
+  variables = nn.unbox(closed.init(jax.random.PRNGKey(0), image_a, tokens, tokens))
+  assert projection_grad(closed, variables) == 0.0
+  opened = _network(fusion.JAR(num_latents=4, num_iterations=2, gate_init=1.0))
+  variables = nn.unbox(opened.init(jax.random.PRNGKey(0), image_a, tokens, tokens))
+  assert float(variables["params"]["fusion"]["alpha_0"]) == 1.0
+  assert projection_grad(opened, variables) > 0.0
+  diff = _encode(opened, variables, image_a, tokens) - _encode(opened, variables,
+                                                               image_b, tokens)
+  assert float(jnp.max(jnp.abs(diff))) > 1e-3
+
+
 @pytest.mark.parametrize("combine, has_weight", [("none", False), ("residual", False),
                                                  ("weighted", True)])
 def test_iterative_combine_options(combine, has_weight):

@@ -27,6 +27,7 @@ has taken from every task (`state_dict`). Pipelines that tf.data cannot checkpoi
 (sources that read files in Python) resume by skipping each task's consumed examples.
 """
 import concurrent.futures
+import time
 from typing import Callable, Mapping, Optional, Sequence
 
 import gin
@@ -163,6 +164,9 @@ class DynamicBatches:
     self.last_counts = np.zeros(len(datasets), np.int64)
     # consumed[h, t]: examples host h has taken from task t (every host knows all rows).
     self.consumed = np.zeros((num_shards, len(datasets)), np.int64)
+    # Seconds since the last `pop_timings()`: the sampler's own work and waiting for a
+    # batch (training thread), and composing batches (background thread, overlapped).
+    self._timings = {"sampler": 0.0, "batch_wait": 0.0, "compose": 0.0}
 
   @property
   def num_tasks(self) -> int:
@@ -172,12 +176,14 @@ class DynamicBatches:
     """Starts composing the next batch from the sampler's current state."""
     if self._future is not None:
       raise RuntimeError("prefetch() called twice without next().")
+    start = time.perf_counter()
     self.last_weights = self.sampler.weights()
     self.last_counts = self.sampler.counts(self.global_batch_size)
     loss_weights = self.sampler.loss_weights()
     for h in range(self.num_shards):
       self.consumed[h] += host_counts(self.last_counts, h, self.num_shards)
     counts = host_counts(self.last_counts, self.shard_index, self.num_shards)
+    self._timings["sampler"] += time.perf_counter() - start
     self._future = self._executor.submit(self._compose, counts, loss_weights)
 
   def next(self) -> dict[str, np.ndarray]:
@@ -185,9 +191,19 @@ class DynamicBatches:
     if self._future is None:
       self.prefetch()
     future, self._future = self._future, None
-    return future.result()
+    start = time.perf_counter()
+    batch = future.result()
+    self._timings["batch_wait"] += time.perf_counter() - start
+    return batch
+
+  def pop_timings(self) -> dict[str, float]:
+    """Seconds spent since the last call: sampler, batch_wait and compose."""
+    timings = dict(self._timings)
+    self._timings = dict.fromkeys(timings, 0.0)
+    return timings
 
   def _compose(self, counts, loss_weights) -> dict[str, np.ndarray]:
+    start = time.perf_counter()
     examples = []
     for it, n in zip(self.iterators, counts):
       for _ in range(n):
@@ -197,6 +213,7 @@ class DynamicBatches:
       # loss_reweight (seed 001 Table 4): each task's tokens weighted by its difficulty.
       w = loss_weights[batch[TASK_ID]].astype(np.float32)[:, None]
       batch["decoder_loss_weights"] = batch["decoder_loss_weights"] * w
+    self._timings["compose"] += time.perf_counter() - start
     return batch
 
   def record(self, task_loss_sums, task_token_counts) -> None:
@@ -207,7 +224,10 @@ class DynamicBatches:
     """
     previous, self._unapplied = self._unapplied, (task_loss_sums, task_token_counts)
     if previous is not None:
-      self.sampler.update(*(np.asarray(x, np.float64) for x in previous))
+      host = [np.asarray(x, np.float64) for x in previous]  # Waits for that step only.
+      start = time.perf_counter()
+      self.sampler.update(*host)
+      self._timings["sampler"] += time.perf_counter() - start
 
   def state_dict(self) -> dict:
     """The sampler's state and the unapplied metrics (the same on every host: JSON-able)."""

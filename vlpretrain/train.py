@@ -399,11 +399,14 @@ def train(*,
   with partitioner.activate():  # Mesh + rules while the steps are traced.
     last_saved = resume_step
     pending, prev = [], None  # Metrics since the last log line; the previous step's.
+    batch_seconds = 0.0  # Training thread's time getting batches since the last log.
     t_log, step_log = time.time(), start_step
     step = start_step
     while step < total_steps:
+      t_batch = time.perf_counter()
       host_batch = (batches.next() if batches is not None else
                     jax.tree.map(lambda t: t.numpy(), next(train_iter)))
+      batch_seconds += time.perf_counter() - t_batch
       state, metrics = p_train_step(state, partitioner.shard_batch(host_batch))
       step += 1
       if batches is not None:  # Applies step-1's losses; keeps this step's.
@@ -418,7 +421,7 @@ def train(*,
       if step % log_period == 0 or step == total_steps:
         _raise_if_not_finite(prev)
         summary = _summarize(jax.device_get(pending), task_names)
-        pending = []
+        period_steps, pending = len(pending), []
         dt = time.time() - t_log
         steps_per_s = (step - step_log) / max(dt, 1e-9)
         t_log, step_log = time.time(), step
@@ -426,7 +429,13 @@ def train(*,
                                     if learning_rate_fn else float("nan"))
         summary["steps_per_sec"] = steps_per_s
         summary["examples_per_sec"] = steps_per_s * global_batch_size
+        # Host-side input cost per step, e.g. the dynamic sampler's overhead.
+        summary["timing/batch_ms_per_step"] = 1e3 * batch_seconds / period_steps
+        summary["timing/step_ms"] = 1e3 / max(steps_per_s, 1e-9)
+        batch_seconds = 0.0
         if batches is not None:
+          for k, v in batches.pop_timings().items():
+            summary[f"timing/{k}_ms_per_step"] = 1e3 * v / period_steps
           summary.update(_sampling_summary(step, batches, task_names, summary,
                                            sampling_log))
         writer.write_scalars(step, summary)

@@ -56,6 +56,9 @@ class JAR(nn.Module):
     num_latents: N (paper default 64; Table 2b).
     num_iterations: K (paper default 4; Table 2c).
     gating: 'tanh' (eq. 2) or 'add' (no gate: the "Ours add" row of Table 2a).
+    gate_init: the initial alpha_i, beta_i (0 in the paper, whose towers start
+      pretrained). A ViT trained from scratch gets no gradient through a zero gate, so
+      models trained from scratch start the gates open (e.g. 1: tanh(1) = 0.76).
     iterative_combine: how F_i and t_N form the next input (Table 2e): 'none' (F_i),
       'residual' (F_i + t_N, as written in eq. 3) or 'weighted' (F_i + w_i * t_N with
       a learned scalar w_i initialised to 1: the setting selected in Table 2e).
@@ -65,6 +68,7 @@ class JAR(nn.Module):
   num_latents: int = 64
   num_iterations: int = 4
   gating: str = "tanh"
+  gate_init: float = 0.0
   iterative_combine: str = "weighted"
   num_heads: Optional[int] = None
   mlp_dim: Optional[int] = None
@@ -99,8 +103,9 @@ class JAR(nn.Module):
   def _gate(self, name):
     if self.gating == "add":
       return 1.0
-    return jnp.tanh(self.param(name, layers.partitioned(nn.initializers.zeros, ()),
-                               (), jnp.float32))
+    return jnp.tanh(self.param(
+        name, layers.partitioned(nn.initializers.constant(self.gate_init), ()), (),
+        jnp.float32))
 
   def _combine(self, features, t_n, i):
     if self.iterative_combine == "none":
