@@ -112,13 +112,27 @@ def draw_grid(examples: Sequence[dict], show_task: bool) -> PIL.Image.Image:
       raise ValueError(f"Example {i} has image shape {ex['image'].shape}, the first has "
                        f"{examples[0]['image'].shape}: a Task must resize its images.")
     grid.paste(image.resize((w * scale, h * scale), PIL.Image.NEAREST), (x0, y0))
-    text = [f"in: {ex['inputs_text']}", f"out: {ex['targets_text']}"]
-    text += [f"[{ex['task']}]"] if show_task else []
-    lines = [l for t in text for l in textwrap.wrap(t, chars)][:TEXT_LINES]
+    lines = _cell_lines(ex, chars, show_task)
     for j, line in enumerate(lines):
       draw.text((x0, y0 + h * scale + 2 + j * LINE_HEIGHT), line, fill=(0, 0, 0),
                 font=font)
   return grid
+
+
+def _cell_lines(ex: dict, chars: int, show_task: bool) -> List[str]:
+  """At most TEXT_LINES lines: the task, then the target, then the input get the room
+  they need in that order; a cut text ends in '...' (the JSONL has it whole)."""
+  task = [f"[{ex['task']}]"] if show_task else []
+  parts = [textwrap.wrap(f"in: {ex['inputs_text']}", chars) or ["in:"],
+           textwrap.wrap(f"out: {ex['targets_text']}", chars) or ["out:"]]
+  room = TEXT_LINES - len(task)
+  out_room = max(1, room - 1)
+  if len(parts[1]) > out_room:
+    parts[1] = parts[1][:out_room - 1] + [parts[1][out_room - 1][:chars - 3] + "..."]
+  in_room = max(1, room - len(parts[1]))
+  if len(parts[0]) > in_room:
+    parts[0] = parts[0][:in_room - 1] + [parts[0][in_room - 1][:chars - 3] + "..."]
+  return parts[0] + parts[1] + task
 
 
 def show(name: str, n: int = 16, out_dir: str = ".", split: str = "train",
