@@ -81,3 +81,7 @@ for _name, _fn in TASK_PREPROCESSORS.items():
 # The dynamic-difficulty mixture: the trainer composes each batch from the recent
 # per-task losses (vlpretrain.mixing); seqio tools read it as an equal-rate mixture.
 dynamic_mixture.register_dynamic_mixture("shapes_pretrain", PRETRAIN_TASKS)
+# The same tasks mixed by seqio itself (tf.data sampling at equal rates, no feedback):
+# the baseline that tools/bench_sampler.py times the dynamic mixture against.
+seqio.MixtureRegistry.add("shapes_pretrain_static", list(PRETRAIN_TASKS),
+                          default_rate=1.0)
