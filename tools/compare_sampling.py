@@ -2,7 +2,8 @@ r"""Pretrains once per sampling strategy, fine-tunes each the same way, compares
 
     python tools/compare_sampling.py --out /tmp/compare \
         [--strategies difficulty,uniform,size,round_robin] [--pretrain_steps 300] \
-        [--double uniform] [--finetune_steps 300] [--json /tmp/compare/results.json]
+        [--double uniform] [--finetune_steps 300] [--eval_batch_size 256] \
+        [--gin BATCH_SIZE=32] [--json /tmp/compare/results.json]
 
 The small-scale version of seed 001 Table 4 (strategy -> downstream accuracy after the
 same pretraining budget) and of seed 000 Table 4 (`--double uniform`: the uniform
@@ -63,7 +64,8 @@ def _read_metric(metrics_path: str, task: str, metric: str) -> float:
 
 def compare(out: str, strategies: list[str], pretrain_steps: int, double: list[str],
             finetune_steps: int, downstream_task: str, finetune_gin: str,
-            eval_gin: str, eval_split: str, metric: str, extra: list[str]) -> list[dict]:
+            eval_gin: str, eval_split: str, metric: str, extra: list[str],
+            eval_batch_size: int = 256) -> list[dict]:
   out = os.path.abspath(out)  # The runs' working directory is the repository.
   os.makedirs(out, exist_ok=True)
   exe = [sys.executable, "-m", "vlpretrain.cli"]
@@ -97,7 +99,8 @@ def compare(out: str, strategies: list[str], pretrain_steps: int, double: list[s
         exe + ["eval", f"--gin_file={eval_gin}",
                f"--gin.CHECKPOINT_PATH={os.path.join(ft_dir, 'checkpoints')}",
                f"--gin.EVAL_OUTPUT_DIR={eval_dir}",
-               f"--gin.utils.DatasetConfig.split='{eval_split}'"] + extra,
+               f"--gin.utils.DatasetConfig.split='{eval_split}'"] + extra +
+        [f"--gin.BATCH_SIZE={eval_batch_size}"],
         os.path.join(eval_dir + ".log"))
     row["accuracy"] = _read_metric(os.path.join(eval_dir, "metrics.json"),
                                    downstream_task, metric)
@@ -133,6 +136,7 @@ def main(argv=None) -> int:
   parser.add_argument("--eval_gin", default="gin/eval_easy_vqa.gin")
   parser.add_argument("--eval_split", default="validation")
   parser.add_argument("--metric", default="exact_match")
+  parser.add_argument("--eval_batch_size", type=int, default=256)
   parser.add_argument("--json", default=None, help="Default: OUT/results.json.")
   parser.add_argument("--gin", action="append", default=[],
                       help="Extra --gin.NAME=VALUE flags for every run (repeatable).")
@@ -142,7 +146,7 @@ def main(argv=None) -> int:
   results = compare(args.out, split(args.strategies), args.pretrain_steps,
                     split(args.double), args.finetune_steps, args.downstream_task,
                     args.finetune_gin, args.eval_gin, args.eval_split, args.metric,
-                    [f"--gin.{g}" for g in args.gin])
+                    [f"--gin.{g}" for g in args.gin], args.eval_batch_size)
   print()
   print(table(results))
   print(f"\nTotal {(time.time() - start) / 60:.1f} minutes.")
