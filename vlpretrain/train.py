@@ -51,18 +51,18 @@ def _iterator_prefix(directory) -> str:
                       f"process_{jax.process_index():03d}-of-{jax.process_count():03d}")
 
 
-def _trackables(iterator) -> dict:
-  """`tf.train.Checkpoint` kwargs: one iterator, or a dict of them (one per task)."""
-  return dict(iterator) if isinstance(iterator, Mapping) else {"iterator": iterator}
-
-
 class DatasetIteratorHandler(ocp.CheckpointHandler):
-  """Saves/restores this host's tf.data iterator(s) (`tf.train.Checkpoint`)."""
+  """Saves/restores this host's input position: a tf.data iterator
+  (`tf.train.Checkpoint`), or a `dynamic_mixture.DynamicBatches` (its task iterators and
+  leftover rows)."""
 
   def save(self, directory, args: "DatasetIteratorArgs"):
+    prefix = _iterator_prefix(directory)
     try:
-      tf.train.Checkpoint(**_trackables(args.iterator)).write(
-          _iterator_prefix(directory))
+      if isinstance(args.iterator, dynamic_mixture.DynamicBatches):
+        args.iterator.write_iterators(prefix)
+      else:
+        tf.train.Checkpoint(iterator=args.iterator).write(prefix)
     except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
       raise RuntimeError(
           "Could not save the tf.data iterator state: the input pipeline has an op that "
@@ -78,14 +78,17 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
           f"{jax.process_count()} in {directory}: the checkpoint was written with a "
           "different number of hosts. Resume with the same number of hosts, or set "
           "--gin.utils.RestoreCheckpointConfig.restore_dataset=False.")
-    tf.train.Checkpoint(**_trackables(args.iterator)).read(prefix).assert_consumed()
+    if isinstance(args.iterator, dynamic_mixture.DynamicBatches):
+      args.iterator.read_iterators(prefix)
+    else:
+      tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
     return args.iterator
 
 
 @ocp.args.register_with_handler(DatasetIteratorHandler, for_save=True, for_restore=True)
 @dataclasses.dataclass
 class DatasetIteratorArgs(ocp.args.CheckpointArgs):
-  iterator: Any  # A tf.data iterator, or a {name: iterator} dict.
+  iterator: Any  # A tf.data iterator, or a dynamic_mixture.DynamicBatches.
 
 
 def _unsaveable_ops(datasets: Sequence[tf.data.Dataset]) -> set[str]:
@@ -472,10 +475,8 @@ def train(*,
 
 
 def _data_iterators(train_iter, batches):
-  """What the "dataset" checkpoint item holds: the iterator, or one per task."""
-  if batches is None:
-    return train_iter
-  return {f"task_{i:03d}": it for i, it in enumerate(batches.iterators)}
+  """What the "dataset" checkpoint item holds: the iterator, or the dynamic batches."""
+  return train_iter if batches is None else batches
 
 
 def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg, save_dataset):
