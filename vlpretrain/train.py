@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 
+from vlpretrain import checkpoints
 from vlpretrain import dynamic_mixture
 from vlpretrain import gin_utils
 from vlpretrain import partitioning
@@ -338,7 +339,11 @@ def train(*,
     with partitioner.activate():
       state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
     if restore_cfg.path:
-      state["params"] = _restore_params(restore_cfg, abstract_params, param_shardings)
+      # A warm start: params only, from the latest (or the given) step.
+      [(step_dir, _)] = checkpoints.resolve(restore_cfg.path, restore_cfg.mode)
+      logging.info("Initialising params from %s.", step_dir)
+      state["params"] = checkpoints.restore_params(step_dir, abstract_params,
+                                                   param_shardings, restore_cfg.dtype)
   start_step = int(jax.device_get(state["step"]))
 
   # ---------------------------------------------------------------------------
@@ -509,33 +514,6 @@ def _sampling_summary(step, batches, task_names, summary, sampling_log):
     sampling_log.write(json.dumps(record) + "\n")
     sampling_log.flush()
   return scalars
-
-
-def _restore_params(restore_cfg, abstract_params, param_shardings):
-  """Params (only) from RestoreCheckpointConfig.path: a warm start."""
-  path = restore_cfg.path
-  if restore_cfg.mode == "latest":
-    with ocp.CheckpointManager(path) as mgr:
-      step = mgr.latest_step()
-      if step is None:
-        raise FileNotFoundError(
-            f"utils.RestoreCheckpointConfig.path={path!r} holds no checkpoint steps. "
-            "Point it at a MODEL_DIR/checkpoints directory, or use mode='specific' with "
-            "a step directory.")
-      path = os.path.join(path, str(step))
-  logging.info("Initialising params from %s.", path)
-  target = {"params": jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_params, param_shardings)}
-  if restore_cfg.dtype:
-    target["params"] = _cast_floats(target["params"], restore_cfg.dtype)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-    restored = ckptr.restore(
-        os.path.join(path, "state"),
-        args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-  return restored["params"]
 
 
 def _raise_if_not_finite(step_and_metrics):
