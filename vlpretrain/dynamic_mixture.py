@@ -11,22 +11,25 @@ by a signal computed during training):
     every seqio tool reads it as an equal-rate mixture. The trainer recognises the class
     and asks it for one dataset per task instead (`task_datasets`), each example tagged
     with its `task_id`.
-  * `DynamicBatches` pulls `counts[t]` examples from each task's iterator per step. The
-    global batch is laid out task by task; host h takes its slice of that layout, so the
-    global counts are exact on any number of hosts, and every host computes them from the
-    same globally reduced metrics.
+  * `DynamicBatches` takes `counts[t]` examples of each task per step. Each task's
+    iterator yields chunks of `chunk_size` examples (one Python call per chunk, not per
+    example); rows left over from a chunk wait in a per-task buffer for the next step.
+    The global batch is laid out task by task; host h takes its slice of that layout, so
+    the global counts are exact on any number of hosts, and every host computes them
+    from the same globally reduced metrics.
   * One step of lag: the batch of step n+1 is composed while step n runs, from the losses
     of steps <= n-1 (the window is K = 100 steps, so one step of staleness is immaterial,
     and the device never waits for the host).
   * `make_sampler` (gin) chooses the strategy: `dynamic_mixture.make_sampler.strategy =
     'uniform'` etc. (seed 001 Table 4 ablations).
 
-Exact resumption: the checkpoint holds each task iterator's tf.data state (per host), the
-sampler's state, the last step's not-yet-applied losses and how many examples every host
+Exact resumption: the checkpoint holds each task iterator's tf.data state and leftover
+rows (per host), the sampler's state, the last step's not-yet-applied losses and how many examples every host
 has taken from every task (`state_dict`). Pipelines that tf.data cannot checkpoint
 (sources that read files in Python) resume by skipping each task's consumed examples.
 """
 import concurrent.futures
+import io
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -144,7 +147,8 @@ class DynamicBatches:
   """
 
   def __init__(self, datasets: Sequence[tf.data.Dataset], sampler: mixing.Sampler,
-               global_batch_size: int, shard_index: int = 0, num_shards: int = 1):
+               global_batch_size: int, shard_index: int = 0, num_shards: int = 1,
+               chunk_size: int = 8):
     if len(datasets) != sampler.tracker.num_tasks:
       raise ValueError(f"{len(datasets)} task datasets but the sampler has "
                        f"{sampler.tracker.num_tasks} tasks.")
@@ -154,8 +158,13 @@ class DynamicBatches:
     self.sampler = sampler
     self.global_batch_size = global_batch_size
     self.shard_index, self.num_shards = shard_index, num_shards
+    if chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     # Plain tf iterators (not numpy ones): `tf.train.Checkpoint` saves their position.
-    self.iterators = [iter(ds.prefetch(tf.data.AUTOTUNE)) for ds in datasets]
+    self.iterators = [iter(ds.batch(chunk_size).prefetch(tf.data.AUTOTUNE))
+                      for ds in datasets]
+    # Rows of the last chunk not yet used, per task ({feature: array} or None).
+    self._leftover = [None] * len(datasets)
     self._unapplied = None  # The last recorded step's metrics, applied at the next call.
     self._executor = concurrent.futures.ThreadPoolExecutor(
         1, thread_name_prefix="dynamic_batches")
@@ -202,13 +211,23 @@ class DynamicBatches:
     self._timings = dict.fromkeys(timings, 0.0)
     return timings
 
+  def _take(self, task: int, n: int) -> list[dict[str, np.ndarray]]:
+    """The next `n` rows of `task`: its leftover rows first, then new chunks."""
+    parts, rows = [], self._leftover[task]
+    while n > 0:
+      if rows is None or len(rows[TASK_ID]) == 0:
+        rows = {k: v.numpy() for k, v in next(self.iterators[task]).items()}
+      m = min(n, len(rows[TASK_ID]))
+      parts.append({k: v[:m] for k, v in rows.items()})
+      rows = {k: v[m:] for k, v in rows.items()}
+      n -= m
+    self._leftover[task] = rows
+    return parts
+
   def _compose(self, counts, loss_weights) -> dict[str, np.ndarray]:
     start = time.perf_counter()
-    examples = []
-    for it, n in zip(self.iterators, counts):
-      for _ in range(n):
-        examples.append({k: v.numpy() for k, v in next(it).items()})
-    batch = {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+    parts = [p for task, n in enumerate(counts) for p in self._take(task, int(n))]
+    batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if np.any(loss_weights != 1.0) and "decoder_loss_weights" in batch:
       # loss_reweight (seed 001 Table 4): each task's tokens weighted by its difficulty.
       w = loss_weights[batch[TASK_ID]].astype(np.float32)[:, None]
@@ -252,8 +271,29 @@ class DynamicBatches:
     self._unapplied = None if unapplied is None else tuple(
         np.asarray(x, np.float64) for x in unapplied)
 
-  def iterator_checkpoint(self) -> tf.train.Checkpoint:
-    """A tf.train.Checkpoint of every task iterator's position (this host)."""
+  def write_iterators(self, prefix: str) -> None:
+    """This host's input position: every task iterator (`tf.train.Checkpoint` at
+    `prefix`) and the leftover rows of their last chunks (`prefix`.leftover.npz)."""
+    self._checkpoint().write(prefix)
+    arrays = {f"task_{t:03d}__{k}": v for t, rows in enumerate(self._leftover)
+              if rows is not None for k, v in rows.items()}
+    buffer = io.BytesIO()  # np.savez needs a seekable file; GFile (gs://) is not.
+    np.savez(buffer, **arrays)
+    with tf.io.gfile.GFile(prefix + ".leftover.npz", "wb") as f:
+      f.write(buffer.getvalue())
+
+  def read_iterators(self, prefix: str) -> None:
+    """Restores what `write_iterators(prefix)` wrote."""
+    self._checkpoint().read(prefix).assert_consumed()
+    with tf.io.gfile.GFile(prefix + ".leftover.npz", "rb") as f:
+      arrays = dict(np.load(io.BytesIO(f.read())))
+    self._leftover = [None] * self.num_tasks
+    for key, value in arrays.items():
+      task, feature = key.split("__", 1)
+      task = int(task[len("task_"):])
+      self._leftover[task] = dict(self._leftover[task] or {}, **{feature: value})
+
+  def _checkpoint(self) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**{f"task_{i:03d}": it
                                   for i, it in enumerate(self.iterators)})
 

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 
+from vlpretrain import checkpoints
 from vlpretrain import dynamic_mixture
 from vlpretrain import gin_utils
 from vlpretrain import partitioning
@@ -51,18 +52,18 @@ def _iterator_prefix(directory) -> str:
                       f"process_{jax.process_index():03d}-of-{jax.process_count():03d}")
 
 
-def _trackables(iterator) -> dict:
-  """`tf.train.Checkpoint` kwargs: one iterator, or a dict of them (one per task)."""
-  return dict(iterator) if isinstance(iterator, Mapping) else {"iterator": iterator}
-
-
 class DatasetIteratorHandler(ocp.CheckpointHandler):
-  """Saves/restores this host's tf.data iterator(s) (`tf.train.Checkpoint`)."""
+  """Saves/restores this host's input position: a tf.data iterator
+  (`tf.train.Checkpoint`), or a `dynamic_mixture.DynamicBatches` (its task iterators and
+  leftover rows)."""
 
   def save(self, directory, args: "DatasetIteratorArgs"):
+    prefix = _iterator_prefix(directory)
     try:
-      tf.train.Checkpoint(**_trackables(args.iterator)).write(
-          _iterator_prefix(directory))
+      if isinstance(args.iterator, dynamic_mixture.DynamicBatches):
+        args.iterator.write_iterators(prefix)
+      else:
+        tf.train.Checkpoint(iterator=args.iterator).write(prefix)
     except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
       raise RuntimeError(
           "Could not save the tf.data iterator state: the input pipeline has an op that "
@@ -78,14 +79,17 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
           f"{jax.process_count()} in {directory}: the checkpoint was written with a "
           "different number of hosts. Resume with the same number of hosts, or set "
           "--gin.utils.RestoreCheckpointConfig.restore_dataset=False.")
-    tf.train.Checkpoint(**_trackables(args.iterator)).read(prefix).assert_consumed()
+    if isinstance(args.iterator, dynamic_mixture.DynamicBatches):
+      args.iterator.read_iterators(prefix)
+    else:
+      tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
     return args.iterator
 
 
 @ocp.args.register_with_handler(DatasetIteratorHandler, for_save=True, for_restore=True)
 @dataclasses.dataclass
 class DatasetIteratorArgs(ocp.args.CheckpointArgs):
-  iterator: Any  # A tf.data iterator, or a {name: iterator} dict.
+  iterator: Any  # A tf.data iterator, or a dynamic_mixture.DynamicBatches.
 
 
 def _unsaveable_ops(datasets: Sequence[tf.data.Dataset]) -> set[str]:
@@ -335,7 +339,11 @@ def train(*,
     with partitioner.activate():
       state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
     if restore_cfg.path:
-      state["params"] = _restore_params(restore_cfg, abstract_params, param_shardings)
+      # A warm start: params only, from the latest (or the given) step.
+      [(step_dir, _)] = checkpoints.resolve(restore_cfg.path, restore_cfg.mode)
+      logging.info("Initialising params from %s.", step_dir)
+      state["params"] = checkpoints.restore_params(step_dir, abstract_params,
+                                                   param_shardings, restore_cfg.dtype)
   start_step = int(jax.device_get(state["step"]))
 
   # ---------------------------------------------------------------------------
@@ -472,10 +480,8 @@ def train(*,
 
 
 def _data_iterators(train_iter, batches):
-  """What the "dataset" checkpoint item holds: the iterator, or one per task."""
-  if batches is None:
-    return train_iter
-  return {f"task_{i:03d}": it for i, it in enumerate(batches.iterators)}
+  """What the "dataset" checkpoint item holds: the iterator, or the dynamic batches."""
+  return train_iter if batches is None else batches
 
 
 def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg, save_dataset):
@@ -508,33 +514,6 @@ def _sampling_summary(step, batches, task_names, summary, sampling_log):
     sampling_log.write(json.dumps(record) + "\n")
     sampling_log.flush()
   return scalars
-
-
-def _restore_params(restore_cfg, abstract_params, param_shardings):
-  """Params (only) from RestoreCheckpointConfig.path: a warm start."""
-  path = restore_cfg.path
-  if restore_cfg.mode == "latest":
-    with ocp.CheckpointManager(path) as mgr:
-      step = mgr.latest_step()
-      if step is None:
-        raise FileNotFoundError(
-            f"utils.RestoreCheckpointConfig.path={path!r} holds no checkpoint steps. "
-            "Point it at a MODEL_DIR/checkpoints directory, or use mode='specific' with "
-            "a step directory.")
-      path = os.path.join(path, str(step))
-  logging.info("Initialising params from %s.", path)
-  target = {"params": jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_params, param_shardings)}
-  if restore_cfg.dtype:
-    target["params"] = _cast_floats(target["params"], restore_cfg.dtype)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-    restored = ckptr.restore(
-        os.path.join(path, "state"),
-        args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-  return restored["params"]
 
 
 def _raise_if_not_finite(step_and_metrics):
