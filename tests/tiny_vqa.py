@@ -106,14 +106,20 @@ def write_checkpoint(model_dir: str, model=None) -> str:
   return directory
 
 
-def shared(tmp_path_factory) -> dict:
-  """Data dir and checkpoints, made once per pytest session (test modules share them)."""
-  root = tmp_path_factory.getbasetemp() / "tiny_vqa_shared"
-  data_dir = str(root / "data")
-  ckpt_dir = os.path.join(str(root / "model"), "checkpoints")
+def shared_data_dir(tmp_path_factory) -> str:
+  """The data dir, made once per pytest session, with TASK registered on it."""
+  data_dir = str(tmp_path_factory.getbasetemp() / "tiny_vqa_shared" / "data")
   if not os.path.isdir(data_dir):
     make_data_dir(data_dir)
   register_task(data_dir)
+  return data_dir
+
+
+def shared(tmp_path_factory) -> dict:
+  """Data dir and checkpoints, made once per pytest session (test modules share them)."""
+  root = tmp_path_factory.getbasetemp() / "tiny_vqa_shared"
+  data_dir = shared_data_dir(tmp_path_factory)
+  ckpt_dir = os.path.join(str(root / "model"), "checkpoints")
   if not os.path.isdir(os.path.join(ckpt_dir, "2", "state")):
     shutil.rmtree(str(root / "model"), ignore_errors=True)
     write_checkpoint(str(root / "model"))

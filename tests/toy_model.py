@@ -1,9 +1,10 @@
 """A throwaway model and seqio Task with the real interfaces, for fast trainer tests.
 
 `ToyModel` has the t5x BaseModel methods the trainer calls (`get_initial_variables`,
-`loss_fn`, FEATURE_CONVERTER_CLS); its params carry logical axis names, include a 1-D
-scale and a scalar gate (no weight decay), and it uses dropout, so sharding, decay
-masks and dropout-key handling are all exercised. `register_toy_task()` registers
+`loss_fn`, FEATURE_CONVERTER_CLS) and greedy `predict_batch_with_aux` for inference
+evals; its params carry logical axis names, include a 1-D scale and a scalar gate (no
+weight decay), and it uses dropout, so sharding, decay masks and dropout-key handling
+are all exercised. `ToyModel(vocab_size=...)` fits a real Task's vocabulary. `register_toy_task()` registers
 'toy_task': 64 deterministic image+text examples, no tokenizer needed.
 """
 import flax.linen as nn
@@ -26,11 +27,12 @@ def _p(init, axes):
 
 class ToyNet(nn.Module):
   dropout_rate: float = 0.1
+  vocab_size: int = VOCAB
 
   @nn.compact
   def __call__(self, image, encoder_tokens, decoder_tokens, enable_dropout=False):
     embedding = self.param("embedding", _p(nn.initializers.normal(1.0), ("vocab", "embed")),
-                           (VOCAB, EMBED))
+                           (self.vocab_size, EMBED))
     image_proj = nn.Dense(EMBED, kernel_init=_p(nn.initializers.lecun_normal(),
                                                 ("image_embed", "embed")),
                           bias_init=_p(nn.initializers.zeros, ("embed",)), name="image")
@@ -47,7 +49,7 @@ class ToyNet(nn.Module):
     x = x + jnp.tanh(gate + 0.5) * nn.Dense(
         EMBED, use_bias=False, kernel_init=_p(nn.initializers.lecun_normal(),
                                               ("mlp", "embed")), name="wo")(h)
-    logits = nn.Dense(VOCAB, use_bias=False, kernel_init=_p(
+    logits = nn.Dense(self.vocab_size, use_bias=False, kernel_init=_p(
         nn.initializers.lecun_normal(), ("embed", "vocab")), name="logits")(x)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
@@ -55,8 +57,8 @@ class ToyNet(nn.Module):
 class ToyModel:
   FEATURE_CONVERTER_CLS = features.VLEncDecFeatureConverter
 
-  def __init__(self):
-    self.module = ToyNet()
+  def __init__(self, vocab_size: int = VOCAB):
+    self.module = ToyNet(vocab_size=vocab_size)
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     zeros = lambda k, d: jnp.zeros(input_shapes[k], d)
@@ -82,6 +84,27 @@ class ToyModel:
                   "accuracy": accuracy, "num_tokens": num_tokens,
                   "example_loss_sum": example_loss_sum,
                   "example_token_count": example_token_count}
+
+  def predict_batch_with_aux(self, params, batch, rng=None):
+    """Greedy decoding, the network re-run per position (no cache); stops at EOS (1).
+
+    Returns (tokens (B, L), {'scores': log-probability of the tokens (B,)}).
+    """
+    del rng
+    shape = batch["decoder_input_tokens"].shape
+    tokens, inputs = jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.int32)
+    scores, ended = jnp.zeros(shape[:1]), jnp.zeros(shape[:1], bool)
+    for i in range(shape[1]):
+      logits = self.module.apply({"params": params}, batch["image"],
+                                 batch["encoder_input_tokens"], inputs)[:, i]
+      token = jnp.where(ended, 0, jnp.argmax(logits, -1)).astype(jnp.int32)
+      log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], -1)
+      scores += jnp.where(ended, 0.0, log_prob[:, 0])
+      tokens = tokens.at[:, i].set(token)
+      ended |= token == 1
+      if i + 1 < shape[1]:
+        inputs = inputs.at[:, i + 1].set(token)  # Decoder input: BOS 0, then shifted.
+    return tokens, {"scores": scores}
 
 
 def _toy_examples(split, shuffle_files=False, seed=None):

@@ -21,7 +21,7 @@ per Task in gin. Outputs in EVAL_OUTPUT_DIR:
 Evaluating the same checkpoint twice gives the same files (greedy decoding, fixed order).
 """
 import os
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 from absl import logging
 from clu import metric_writers
@@ -35,7 +35,7 @@ from vlpretrain import partitioning
 from vlpretrain import utils
 from vlpretrain.data import easy_vqa as easy_vqa_data
 
-MetricFn = Callable[..., Mapping[str, float]]
+MetricFn = inference.MetricFn
 
 
 # -----------------------------------------------------------------------------
@@ -64,34 +64,6 @@ def easy_vqa_accuracy_by_type(targets, predictions) -> dict:
   """
   types = [easy_vqa_data.answer_type(inference.to_python(t)) or "other" for t in targets]
   return exact_match_by_type(targets, predictions, types)
-
-
-# -----------------------------------------------------------------------------
-# Metrics of one Task's predictions, seqio style.
-# -----------------------------------------------------------------------------
-def task_metrics(preds: inference.TaskPredictions,
-                 extra_metric_fns: Sequence[MetricFn] = ()):
-  """(metrics dict, postprocessed predictions, postprocessed targets)."""
-  task = preds.task
-  examples = preds.examples
-  targets = [task.postprocess_fn(inference.to_python(preds.targets_raw(i)),
-                                 example=examples[i], is_target=True)
-             for i in range(len(preds))]
-  predictions = [task.postprocess_fn(p, example=ex, is_target=False)
-                 for p, ex in zip(preds.predictions, examples)]
-  results = {}
-  for fn in list(task.predict_metric_fns) + list(extra_metric_fns):
-    results.update(fn(targets, predictions))
-  for fn in task.predict_with_aux_metric_fns:
-    results.update(fn(targets, predictions, {"scores": preds.scores.tolist()}))
-  for fn in task.score_metric_fns:
-    results.update(fn(targets, preds.target_scores.tolist()))
-  if not (task.predict_metric_fns or task.predict_with_aux_metric_fns or
-          task.score_metric_fns or extra_metric_fns):
-    logging.warning("Task %r has no metric_fns: only predictions are written.",
-                    task.name)
-  return ({k: inference.metric_value(v) for k, v in sorted(results.items())},
-          predictions, targets)
 
 
 @gin.configurable
@@ -130,12 +102,9 @@ def evaluate(*,
                      "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
   if not output_dir:
     raise ValueError("EVAL_OUTPUT_DIR is unset: pass --gin.EVAL_OUTPUT_DIR=/path/to/dir.")
-  extra_metric_fns = dict(extra_metric_fns or {})
   tasks = inference.tasks_of(dataset_cfg)
-  unknown = sorted(set(extra_metric_fns) - {t.name for t in tasks})
-  if unknown:
-    raise ValueError(f"eval_script.evaluate.extra_metric_fns names {unknown}, which are "
-                     f"not among the evaluated tasks {[t.name for t in tasks]}.")
+  extra_metric_fns = inference.check_extra_metric_fns(
+      extra_metric_fns, tasks, "eval_script.evaluate.extra_metric_fns")
   inference.hide_gpus_from_tf()
   is_primary = jax.process_index() == 0
   if is_primary:
@@ -155,24 +124,17 @@ def evaluate(*,
     result = {"checkpoint": step_dir, "step": step, "split": dataset_cfg.split,
               "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "tasks": {}}
     scalars = {}
-    for task in tasks:
-      needs_scores = bool(task.score_metric_fns)
-      preds = generator.predict_task(params, task, dataset_cfg, needs_scores)
-      values, post_preds, post_targets = task_metrics(
-          preds, extra_metric_fns.get(task.name, ()))
-      result["tasks"][task.name] = {"num_examples": len(preds), "metrics": values}
-      logging.info("eval %s [%s] step %s | %d examples | %s", task.name,
-                   dataset_cfg.split, step, len(preds),
-                   " | ".join(f"{k} {v:.2f}" for k, v in values.items()
-                              if isinstance(v, float)))
-      scalars.update({f"{task.name}/{k}": v for k, v in values.items()
-                      if isinstance(v, float)})
+    for ev in inference.evaluate_tasks(generator, params, dataset_cfg, tasks,
+                                       extra_metric_fns, step):
+      name = ev.preds.task.name
+      result["tasks"][name] = ev.summary()
+      scalars.update(ev.scalars())
       if is_primary and write_predictions:
         path = os.path.join(output_dir, "predictions",
-                            inference.output_name(task.name, dataset_cfg.split, step))
+                            inference.output_name(name, dataset_cfg.split, step))
         inference.write_jsonl(path, inference.prediction_records(
-            preds, post_preds, post_targets))
-        logging.info("Wrote %d predictions to %s.", len(preds), path)
+            ev.preds, ev.predictions, ev.targets))
+        logging.info("Wrote %d predictions to %s.", len(ev.preds), path)
     writer.write_scalars(step if step is not None else 0, scalars)
     if is_primary:
       inference.write_json(os.path.join(output_dir, "metrics.json"), result)

@@ -1,4 +1,5 @@
-"""Greedy generation over whole seqio splits: the core that eval.py and infer.py share.
+"""Greedy generation over whole seqio splits: the core that eval.py, infer.py and the
+trainer's inference evals (train.py's `infer_eval_dataset_cfg`) share.
 
 For each Task (each member of a Mixture) and split:
 
@@ -14,6 +15,10 @@ For each Task (each member of a Mixture) and split:
 Every host reads the whole split and builds the same global batches (the batch axis is
 sharded over the mesh's 'data' axis); predictions come back replicated, and process 0
 writes the files. Results are in dataset order and deterministic.
+
+`evaluate_tasks` adds the metrics (the Task's seqio metric_fns on postprocessed
+predictions and targets, plus extra fns per Task): `vlpretrain eval` runs it on restored
+checkpoints, the trainer on its live params.
 """
 import dataclasses
 import json
@@ -34,6 +39,8 @@ from vlpretrain import utils
 # Model features that generation reads (the decode length comes from the decoder input).
 PREDICT_FEATURES = ("image", "encoder_input_tokens", "decoder_input_tokens")
 SCORE_FEATURES = PREDICT_FEATURES + ("decoder_target_tokens", "decoder_loss_weights")
+
+MetricFn = Callable[..., Mapping[str, float]]
 
 
 def format_duration(seconds: float) -> str:
@@ -133,6 +140,10 @@ class TaskPredictions:
 class Generator:
   """Restores params and runs jitted greedy decoding over Task splits.
 
+  `predict_task` takes the model's params as they are placed: restored by `load_params`,
+  or the trainer's live params (sharded by the same partitioner). The jitted decode is
+  compiled on first use and reused while the Generator lives.
+
   Args:
     model: a t5x-style model with `predict_batch` (and `score_batch` for score metrics).
     partitioner: the mesh; batches are sharded over its 'data' axis.
@@ -230,6 +241,83 @@ class Generator:
         task=task, split=cfg.split, examples=examples, tokens=tokens,
         predictions=predictions, scores=np.concatenate(scores),
         target_scores=np.concatenate(target_scores) if with_target_scores else None)
+
+
+# -----------------------------------------------------------------------------
+# Metrics of the predictions, seqio style: one code path for `vlpretrain eval` and the
+# trainer's inference evals.
+# -----------------------------------------------------------------------------
+def task_metrics(preds: TaskPredictions, extra_metric_fns: Sequence[MetricFn] = ()):
+  """(metrics dict, postprocessed predictions, postprocessed targets) of one Task."""
+  task = preds.task
+  examples = preds.examples
+  targets = [task.postprocess_fn(to_python(preds.targets_raw(i)),
+                                 example=examples[i], is_target=True)
+             for i in range(len(preds))]
+  predictions = [task.postprocess_fn(p, example=ex, is_target=False)
+                 for p, ex in zip(preds.predictions, examples)]
+  results = {}
+  for fn in list(task.predict_metric_fns) + list(extra_metric_fns):
+    results.update(fn(targets, predictions))
+  for fn in task.predict_with_aux_metric_fns:
+    results.update(fn(targets, predictions, {"scores": preds.scores.tolist()}))
+  for fn in task.score_metric_fns:
+    results.update(fn(targets, preds.target_scores.tolist()))
+  if not (task.predict_metric_fns or task.predict_with_aux_metric_fns or
+          task.score_metric_fns or extra_metric_fns):
+    logging.warning("Task %r has no metric_fns: it gets no metrics.", task.name)
+  return ({k: metric_value(v) for k, v in sorted(results.items())},
+          predictions, targets)
+
+
+def check_extra_metric_fns(extra_metric_fns: Optional[Mapping[str, Sequence[MetricFn]]],
+                           tasks: Sequence[seqio.Task],
+                           binding: str) -> dict[str, Sequence[MetricFn]]:
+  """`extra_metric_fns` as a dict; raises if it names a task that is not evaluated."""
+  extra_metric_fns = dict(extra_metric_fns or {})
+  unknown = sorted(set(extra_metric_fns) - {t.name for t in tasks})
+  if unknown:
+    raise ValueError(f"{binding} names {unknown}, which are not among the evaluated "
+                     f"tasks {[t.name for t in tasks]}.")
+  return extra_metric_fns
+
+
+@dataclasses.dataclass
+class TaskEvaluation:
+  """One Task's predictions and metrics with one set of params."""
+  preds: TaskPredictions
+  metrics: dict[str, Any]     # Metric name -> value (floats, or JSON-ready values).
+  predictions: list           # Postprocessed predictions, in dataset order.
+  targets: list               # Postprocessed targets, in dataset order.
+
+  def summary(self) -> dict:
+    """What metrics.json / metrics_history.json hold per task."""
+    return {"num_examples": len(self.preds), "metrics": self.metrics}
+
+  def scalars(self) -> dict[str, float]:
+    """The float metrics as TensorBoard scalars '<task>/<metric>'."""
+    return {f"{self.preds.task.name}/{k}": v for k, v in self.metrics.items()
+            if isinstance(v, float)}
+
+
+def evaluate_tasks(generator: Generator, params, cfg: utils.DatasetConfig,
+                   tasks: Sequence[seqio.Task],
+                   extra_metric_fns: Mapping[str, Sequence[MetricFn]],
+                   step: Optional[int], log_name: str = "eval") -> Iterator[TaskEvaluation]:
+  """Greedy-decodes `cfg.split` of each Task with `params` and computes its metrics.
+
+  Yields one `TaskEvaluation` per Task, in order, after logging its line
+  '<log_name> <task> [<split>] step <step> | <n> examples | <metric> <value> | ...'.
+  `extra_metric_fns[task.name]` run after the Task's own metric_fns.
+  """
+  for task in tasks:
+    preds = generator.predict_task(params, task, cfg, bool(task.score_metric_fns))
+    values, predictions, targets = task_metrics(preds,
+                                                extra_metric_fns.get(task.name, ()))
+    shown = " | ".join(f"{k} {v:.2f}" for k, v in values.items() if isinstance(v, float))
+    logging.info("%s %s [%s] step %s | %d examples | %s", log_name, task.name, cfg.split,
+                 step, len(preds), shown)
+    yield TaskEvaluation(preds, values, predictions, targets)
 
 
 def prediction_records(preds: TaskPredictions,

@@ -9,6 +9,11 @@ the latest checkpoint in MODEL_DIR/checkpoints: params, optimizer state, step an
 host's tf.data iterator are restored, and dropout keys are `fold_in(key, step)`, so a
 resumed run trains on exactly the batches, with exactly the randomness, of an
 uninterrupted one.
+
+Two evals run every `eval_period` steps and at the last step: `train_eval_dataset_cfg`
+(mean teacher-forced loss/accuracy over `eval_steps` batches, MODEL_DIR/training_eval)
+and `infer_eval_dataset_cfg` (greedy decoding of a whole split and the Tasks' metrics,
+the code path of `vlpretrain eval`, MODEL_DIR/inference_eval).
 """
 import dataclasses
 import functools
@@ -33,6 +38,7 @@ import tensorflow as tf
 from vlpretrain import checkpoints
 from vlpretrain import dynamic_mixture
 from vlpretrain import gin_utils
+from vlpretrain import inference
 from vlpretrain import partitioning
 from vlpretrain import utils
 
@@ -132,6 +138,54 @@ def _task_names(provider) -> Optional[list[str]]:
   return [t.name for t in tasks]
 
 
+class InferenceEvaluator:
+  """Inference evals during training (t5x's `infer_eval_dataset_cfg`).
+
+  Each call greedy-decodes every example of `dataset_cfg.split` of each Task with the
+  params as the trainer holds them (sharded by the partitioner; no checkpoint round
+  trip) and computes the Tasks' metrics with `inference.evaluate_tasks`, the code path
+  of `vlpretrain eval`. The Generator is built once, so its jitted decode is compiled by
+  the first eval and reused. The primary process writes TensorBoard scalars
+  '<task>/<metric>' and metrics_history.json to `output_dir`, in `vlpretrain eval`'s
+  layout: {step: {step, split, mixture_or_task_name, tasks: {task: {num_examples,
+  metrics}}}} (a resumed run keeps the earlier steps).
+  """
+
+  def __init__(self, model, partitioner: partitioning.PjitPartitioner,
+               dataset_cfg: utils.DatasetConfig, tasks: Sequence[seqio.Task],
+               metric_fns: Mapping[str, Sequence[inference.MetricFn]], output_dir: str,
+               is_primary: bool):
+    self.generator = inference.Generator(model, partitioner, dataset_cfg.batch_size)
+    self.dataset_cfg, self.tasks, self.metric_fns = dataset_cfg, tasks, metric_fns
+    self.is_primary = is_primary
+    self.writer = metric_writers.AsyncMultiWriter(
+        [metric_writers.SummaryWriter(output_dir)] if is_primary else [])
+    self.history_path = os.path.join(output_dir, "metrics_history.json")
+    self.history = inference.read_json(self.history_path, {}) if is_primary else {}
+
+  def __call__(self, step: int, params) -> dict:
+    """Evaluates `params` at `step`; returns the step's metrics_history entry."""
+    start = time.time()
+    cfg = self.dataset_cfg
+    result = {"step": step, "split": cfg.split,
+              "mixture_or_task_name": cfg.mixture_or_task_name, "tasks": {}}
+    scalars = {}
+    for ev in inference.evaluate_tasks(self.generator, params, cfg, self.tasks,
+                                       self.metric_fns, step, "infer_eval"):
+      result["tasks"][ev.preds.task.name] = ev.summary()
+      scalars.update(ev.scalars())
+    self.writer.write_scalars(step, scalars)
+    if self.is_primary:
+      self.history[str(step)] = result
+      inference.write_json(self.history_path, self.history)
+    logging.info("infer_eval step %d took %s.", step,
+                 _format_duration(time.time() - start))
+    return result
+
+  def close(self):
+    self.writer.close()
+
+
 @gin.configurable
 def train(*,
           model,
@@ -141,6 +195,9 @@ def train(*,
           total_steps: int,
           checkpoint_cfg: Optional[utils.CheckpointConfig] = None,
           train_eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+          infer_eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+          infer_eval_metric_fns: Optional[
+              Mapping[str, Sequence[inference.MetricFn]]] = None,
           eval_steps: int = 20,
           eval_period: int = 1000,
           log_period: int = 100,
@@ -158,7 +215,16 @@ def train(*,
     total_steps: train until the step counter reaches this (a resumed run continues).
     checkpoint_cfg: save period/keep and an optional warm-start checkpoint.
     train_eval_dataset_cfg: if set, every `eval_period` steps the mean loss/accuracy
-      over `eval_steps` batches of it is logged (deterministic, no dropout).
+      over `eval_steps` batches of it is logged (deterministic, no dropout) and
+      written to MODEL_DIR/training_eval.
+    infer_eval_dataset_cfg: if set (shuffle=False), every `eval_period` steps and at
+      the last step every example of its split is greedy-decoded with the current
+      params and each Task's metrics are logged and written to MODEL_DIR/inference_eval
+      (TensorBoard '<task>/<metric>', metrics_history.json): see `InferenceEvaluator`.
+    infer_eval_metric_fns: task name -> more `fn(targets, predictions)` to run after
+      that Task's own metric_fns in the inference evals (as eval's extra_metric_fns).
+    eval_steps: batches per train_eval.
+    eval_period: steps between evals (both kinds).
     log_period: steps between log lines and metric writes.
     random_seed: seeds init and dropout (None: a fresh seed, logged).
     optimizer: an optax transformation (pretrain.gin: `optimizers.adamw`).
@@ -185,6 +251,21 @@ def train(*,
                      "@optimizers.adamw() (runs/pretrain.gin does).")
   if not model_dir:
     raise ValueError("MODEL_DIR is empty: pass --gin.MODEL_DIR=/path/to/run.")
+  infer_eval_tasks = []
+  if infer_eval_dataset_cfg:
+    if not hasattr(model, "predict_batch_with_aux"):
+      raise ValueError(f"train_script.train.infer_eval_dataset_cfg is set, but the model "
+                       f"({type(model).__name__}) has no predict_batch_with_aux to "
+                       "decode with: set it to None.")
+    inference.check_dataset_cfg(infer_eval_dataset_cfg,
+                                "train_script.train.infer_eval_dataset_cfg")
+    infer_eval_tasks = inference.tasks_of(infer_eval_dataset_cfg)
+    infer_eval_metric_fns = inference.check_extra_metric_fns(
+        infer_eval_metric_fns, infer_eval_tasks,
+        "train_script.train.infer_eval_metric_fns")
+  elif infer_eval_metric_fns:
+    logging.warning("train_script.train.infer_eval_metric_fns is set but "
+                    "infer_eval_dataset_cfg is None: no inference evals run.")
   checkpoint_cfg = checkpoint_cfg or utils.CheckpointConfig()
   save_cfg = checkpoint_cfg.save or utils.SaveCheckpointConfig()
   restore_cfg = checkpoint_cfg.restore or utils.RestoreCheckpointConfig()
@@ -369,7 +450,8 @@ def train(*,
                          out_shardings=(state_shardings, partitioner.replicated))
 
   # ---------------------------------------------------------------------------
-  # Evals: mean deterministic loss over `eval_steps` batches of a held-out split.
+  # Evals: mean deterministic loss over `eval_steps` batches of a held-out split;
+  # greedy decoding of a whole split and its metrics (InferenceEvaluator).
   # ---------------------------------------------------------------------------
   def eval_step(params, batch):
     _, aux = model.loss_fn(params, batch, None)
@@ -388,6 +470,12 @@ def train(*,
                        "full batch: lower its batch_size.")
     return {k: float(np.mean([r[k] for r in jax.device_get(results)]))
             for k in results[0]}
+
+  infer_eval = None
+  if infer_eval_dataset_cfg:
+    infer_eval = InferenceEvaluator(
+        model, partitioner, infer_eval_dataset_cfg, infer_eval_tasks,
+        infer_eval_metric_fns, os.path.join(model_dir, "inference_eval"), is_primary)
 
   # ---------------------------------------------------------------------------
   # Loop. The loss of step s is checked while step s+1 runs, so a non-finite loss
@@ -449,11 +537,14 @@ def train(*,
         writer.write_scalars(step, summary)
         logging.info(_log_line(step, total_steps, summary, task_names))
 
-      if train_eval_dataset_cfg and (step % eval_period == 0 or step == total_steps):
+      eval_due = step % eval_period == 0 or step == total_steps
+      if train_eval_dataset_cfg and eval_due:
         eval_metrics = run_train_eval(state["params"])
         eval_writer.write_scalars(step, eval_metrics)
         logging.info("eval step %d | %s", step,
                      " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
+      if infer_eval is not None and eval_due:
+        infer_eval(step, state["params"])
 
       if (save_cfg.period and step % save_cfg.period == 0) or step == total_steps:
         _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
@@ -472,6 +563,8 @@ def train(*,
   manager.close()
   writer.close()
   eval_writer.close()
+  if infer_eval is not None:
+    infer_eval.close()
   if batches is not None:
     batches.close()
   if sampling_log is not None:
