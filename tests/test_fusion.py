@@ -157,3 +157,18 @@ def test_remat_and_bfloat16_options_keep_the_function():
   logits = bf16.apply(variables, image, tokens, tokens)
   assert logits.dtype == jnp.float32  # The logits layer stays float32.
   assert float(jnp.max(jnp.abs(logits - expected))) < 0.25
+
+
+def test_resampler_latents_attend_differently_at_init():
+  """N(0, 1) latents (DETR's query init) give distinct queries from the first step; at
+  scale 0.02 all latents would be the same near-uniform average of the inputs."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.normal(size=(2, 64, 128)), jnp.float32)
+  spread = {}
+  for std in (1.0, 0.02):
+    module = fusion.LatentResampler(num_latents=16, num_heads=2, latent_init_std=std)
+    out = module.apply(module.init(jax.random.PRNGKey(0), x), x)
+    assert out.shape == (2, 16, 128)
+    # How different the 16 outputs are, relative to their size.
+    spread[std] = float(jnp.mean(jnp.std(out, axis=1)) / jnp.mean(jnp.abs(out)))
+  assert spread[1.0] > 5 * spread[0.02], spread

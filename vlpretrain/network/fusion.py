@@ -21,15 +21,22 @@ from vlpretrain.network import layers
 
 class LatentResampler(nn.Module):
   """Seed 000 eq. 1: f_N = W2 Phi(X_N, X): N learned (DETR-style) latents attend once
-  to the input tokens X; W2 is a linear map. Returns (B, N, D)."""
+  to the input tokens X; W2 is a linear map. Returns (B, N, D).
+
+  The latents start as N(0, 1), like DETR's query embeddings: the queries are not
+  normalised, so latents of scale 0.02 (the usual init for embeddings that pass through
+  a LayerNorm) give attention logits near 0, every latent the same uniform average of X,
+  and gradients too small to separate them.
+  """
   num_latents: int
   num_heads: int
+  latent_init_std: float = 1.0
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
     batch, _, width = x.shape
-    latents = self.param("latents", layers.partitioned(nn.initializers.normal(0.02),
-                                                       ("latents", "embed")),
+    init = nn.initializers.normal(self.latent_init_std)
+    latents = self.param("latents", layers.partitioned(init, ("latents", "embed")),
                          (self.num_latents, width), jnp.float32)
     queries = jnp.broadcast_to(latents.astype(x.dtype), (batch,) + latents.shape)
     attention_mask = None if mask is None else mask[:, None, None, :]
