@@ -221,3 +221,15 @@ def test_gin_settings_are_read_when_the_dataset_is_built(small_shapes):
                         shuffle=False)
   assert ds.element_spec["image"].shape == (32, 32, 3)
   assert len(list(ds)) == 100
+
+
+def test_backgrounds_are_grey_or_light_and_light_scenes_have_no_white_object():
+  kinds = collections.Counter()
+  for i in range(400):
+    s = shapes.make_scene(0, "train", i, draw=False)
+    light = min(s.background) >= 197
+    kinds["light" if light else "grey"] += 1
+    assert light or max(s.background) <= 173, s.background
+    if light:
+      assert "white" not in {o.color for o in s.objects}, (i, s.objects)
+  assert min(kinds.values()) >= 160, kinds  # About half each.

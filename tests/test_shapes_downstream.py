@@ -129,7 +129,7 @@ def test_gqa_answers_are_right_for_the_scene(small_shapes):
   assert seqio.get_mixture_or_task("shapes_gqa").metric_fns[0] is metrics.exact_match
   # The first example exactly (scene 0 of validation).
   assert (examples[0]["inputs_pretokenized"], examples[0]["targets_pretokenized"]) == (
-      b"question: what shape is right of the purple triangle?", b"diamond")
+      b"question: what shape is left of the blue square?", b"cross")
 
 
 def test_entailment_labels_are_right_for_the_scene(small_shapes):

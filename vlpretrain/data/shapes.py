@@ -1,7 +1,8 @@
 """The embedded shapes world: seeded scenes of coloured shapes, with text about them.
 
-A scene has 1-4 objects on a plain, slightly tinted grey background. Objects have
-distinct shapes and distinct colours, so every caption and question below has exactly
+A scene has 1-4 objects on a plain, slightly tinted background: mid grey or (in half
+the scenes) light, as photos and drawings often are; a light scene has no white object.
+Objects have distinct shapes and distinct colours, so every caption and question below has exactly
 one right answer, and they never overlap. Their centres are at least `MIN_DX` apart
 horizontally, and everything about a scene is listed **left to right** (by centre x).
 
@@ -59,7 +60,7 @@ MAX_OBJECTS = 4
 MIN_DX = 0.08  # minimum horizontal distance between object centres.
 QUESTION_TYPES = ("color", "shape", "size", "count", "exist")
 SPLITS = ("train", "validation")
-VERSION = 1  # bump when scenes change: cached TFRecords are keyed by it.
+VERSION = 2  # bump when scenes change: cached TFRecords are keyed by it.
 SKIPPED = bad_data.SkipCounter("shapes")  # A damaged cache shard is counted here.
 
 
@@ -150,12 +151,12 @@ class Scene:
     return np.array([o.box for o in self.objects], np.float32).reshape(-1, 4)
 
 
-def _layout(rng: random.Random) -> Tuple[Obj, ...]:
-  """Samples 1-4 non-overlapping objects with distinct shapes and colours."""
+def _layout(rng: random.Random, colors=tuple(COLORS)) -> Tuple[Obj, ...]:
+  """Samples 1-4 non-overlapping objects with distinct shapes and `colors`."""
   n = rng.randint(1, MAX_OBJECTS)
   while True:  # Restart if placement gets stuck (rare).
     shapes = rng.sample(SHAPES, n)
-    colors = rng.sample(list(COLORS), n)
+    colors = rng.sample(list(colors), n)
     objects = []
     for shape, color in zip(shapes, colors):
       size = rng.choice(list(SIZES))
@@ -240,9 +241,14 @@ def make_scene(seed: int, split: str, index: int, image_size: int = 64,
                draw: bool = True) -> Scene:
   """Scene `index` of `split`: a pure function of its arguments."""
   rng = random.Random(f"shapes/{seed}/{split}/{index}")  # Seeded by SHA-512.
-  objects = _layout(rng)
-  grey = rng.randint(90, 165)
-  background = tuple(grey + rng.randint(-8, 8) for _ in range(3))
+  # Mid grey, or light (with no white object on it). Only grey backgrounds made the
+  # pretrained patch embedding a poor start for light ones: after 600 jar_tiny steps,
+  # easy-VQA shape questions (light backgrounds) reached 68% in 200 fine-tuning steps,
+  # 86% with the images darkened to grey, 91% from a fresh patch embedding.
+  light = rng.random() < 0.5
+  objects = _layout(rng, [c for c in COLORS if c != "white"] if light else COLORS)
+  grey = rng.randint(205, 240) if light else rng.randint(90, 165)
+  background = tuple(min(255, grey + rng.randint(-8, 8)) for _ in range(3))
   types, questions, answers = zip(*_questions(objects, rng))
   image = render(objects, background, image_size) if draw else None
   return Scene(objects, background, types, questions, answers, image)
