@@ -173,3 +173,28 @@ def test_task_yields_images_and_tokens():
     assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1  # EOS.
     assert vocabulary.decode(ex["inputs"].tolist()) == inputs
     assert vocabulary.decode(ex["targets"].tolist()) == targets
+
+
+def test_tasks_by_answer_type_partition_easy_vqa():
+  import seqio  # pylint: disable=g-import-not-at-top
+  from vlpretrain import dynamic_mixture  # pylint: disable=g-import-not-at-top
+  from vlpretrain.tasks import easy_vqa as easy_vqa_task  # pylint: disable=g-import-not-at-top
+  mixture = seqio.get_mixture_or_task("easy_vqa_by_type")
+  assert isinstance(mixture, dynamic_mixture.DynamicMixture)
+  assert [t.name for t in mixture.tasks] == sorted(easy_vqa_task.BY_TYPE_TASKS.values())
+  vocabulary = seqio.get_mixture_or_task("easy_vqa").output_features["targets"].vocabulary
+  counts = {}
+  for kind, name in easy_vqa_task.BY_TYPE_TASKS.items():
+    ds = seqio.get_mixture_or_task(name).get_dataset(
+        sequence_length=None, split="validation", shuffle=False, use_cached=False)
+    answers = [vocabulary.decode(ex["targets"].tolist())
+               for ex in ds.as_numpy_iterator()]
+    assert {easy_vqa.answer_type(a) for a in answers} == {kind}
+    counts[kind] = len(answers)
+  # Together exactly the validation questions, split as the source labels them.
+  source = easy_vqa.easy_vqa_source()
+  expected = {}
+  for question in source.questions("validation"):
+    kind = easy_vqa.answer_type(question[2])
+    expected[kind] = expected.get(kind, 0) + 1
+  assert counts == expected and sum(counts.values()) == 3928

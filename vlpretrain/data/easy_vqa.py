@@ -54,6 +54,7 @@ SPLITS = ("train", "validation", "test")
 YES_NO = ("yes", "no")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
+ANSWER_TYPES = ("yes/no", "color", "shape")
 _STRING = tf.TensorSpec([], tf.string)
 SIGNATURE = {"id": _STRING, "image": _STRING, "question": _STRING, "answer": _STRING,
              "answer_type": _STRING}
