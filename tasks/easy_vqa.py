@@ -75,9 +75,10 @@ seqio.TaskRegistry.add(
 # easy-VQA by answer type: the same questions in three Tasks, mixed by the running loss.
 # Colour is in every pixel of the one shape and is learnt in ~100 steps; shape needs the
 # image's layout and is learnt several times slower. In easy_vqa's natural mix (74%
-# yes/no, 13% colour, 13% shape answers) a small model trained from scratch stays at
-# chance on shape questions for thousands of steps; the difficulty sampler (seed 001,
-# sec. 3.2) moves the batch towards the task whose loss stays high.
+# yes/no, 13% colour, 13% shape answers) jar-sized models trained from scratch stayed
+# near chance on shape questions for 2000 steps; the difficulty sampler (seed 001,
+# sec. 3.1) moves the batch towards the task whose loss stays high. Each of the three
+# Tasks reads every question and keeps its own type (three reads of the source).
 BY_TYPE_TASKS = {kind: f"easy_vqa_{kind.replace('/', '')}"
                  for kind in easy_vqa.ANSWER_TYPES}
 for _kind, _name in BY_TYPE_TASKS.items():
