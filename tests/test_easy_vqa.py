@@ -57,6 +57,22 @@ def test_validation_fraction_is_a_setting():
     easy_vqa.easy_vqa_source(validation_fraction=1.0)
 
 
+def test_answer_type_keeps_the_questions_of_one_type():
+  everything = easy_vqa.easy_vqa_source().questions("validation")
+  total = 0
+  for kind in easy_vqa.ANSWER_TYPES:
+    src = easy_vqa.easy_vqa_source(answer_type=kind)
+    kept = src.questions("validation")
+    assert kept == [q for q in everything if easy_vqa.answer_type(q[2]) == kind]
+    total += len(kept)
+    first = _first(src, "validation", 2)
+    assert [e["id"] for e in first] == [q[0] for q in kept[:2]]
+    assert {e["answer_type"] for e in first} == {kind}
+  assert total == len(everything) == 3928
+  with pytest.raises(ValueError, match="easy_vqa_source.answer_type.*'colour'"):
+    easy_vqa.easy_vqa_source(answer_type="colour")
+
+
 def test_first_examples(source):
   strip = lambda ex: {k: ex[k] for k in ("id", "question", "answer", "answer_type",
                                          "image_id")}

@@ -16,7 +16,8 @@ green, blue, black, gray, teal, brown, yellow) and three shapes (circle, rectang
 triangle).
 
 Splits of `easy_vqa_source()` (binding `easy_vqa_source.data_dir`,
-`easy_vqa_source.validation_fraction`):
+`easy_vqa_source.validation_fraction`; `easy_vqa_source(answer_type="shape")` keeps the
+questions of one answer type, read without the others' images):
 
 - `train`: the package's train questions whose image is not held out;
 - `validation`: the package's train questions whose image is held out: a fixed fraction
@@ -88,14 +89,20 @@ def in_validation(image_id, fraction: float) -> bool:
 class EasyVqaSource(file_source.FileSource):
   """easy-VQA questions with their PNG images; see the module docstring."""
 
-  def __init__(self, data_dir: str, validation_fraction: float):
+  def __init__(self, data_dir: str, validation_fraction: float,
+               answer_type: Optional[str] = None):
     if not 0.0 <= validation_fraction < 1.0:
       raise ValueError("easy_vqa_source.validation_fraction must be in [0, 1), got "
                        f"{validation_fraction!r}.")
+    if answer_type is not None and answer_type not in ANSWER_TYPES:
+      raise ValueError(f"easy_vqa_source.answer_type must be None or one of "
+                       f"{list(ANSWER_TYPES)}, got {answer_type!r}.")
     self.data_dir = data_dir
     self.validation_fraction = validation_fraction
+    self.answer_type = answer_type
     self.skipped = bad_data.SkipCounter("easy_vqa")
-    super().__init__(name="easy_vqa", splits=SPLITS, read=self.read,
+    name = "easy_vqa" if answer_type is None else f"easy_vqa[{answer_type}]"
+    super().__init__(name=name, splits=SPLITS, read=self.read,
                      output_signature=SIGNATURE)
 
   def _package_split(self, split: str) -> str:
@@ -120,7 +127,8 @@ class EasyVqaSource(file_source.FileSource):
     """(id, question, answer, image_id) of the split's valid questions, in file order.
 
     Reads no image; entries with an empty question, an unknown answer or a bad shape
-    are counted on `skipped` and left out.
+    are counted on `skipped` and left out; with `answer_type` set, only questions with
+    an answer of that type are listed.
     """
     package_split = self._package_split(split)
     path = file_source.require_file(self._questions_path(split), BINDING)
@@ -143,6 +151,8 @@ class EasyVqaSource(file_source.FileSource):
         continue
       if package_split == "train" and (
           in_validation(image_id, self.validation_fraction) != (split == "validation")):
+        continue
+      if self.answer_type is not None and answer_type(answer) != self.answer_type:
         continue
       out.append((qid, question, answer, image_id))
     return out
@@ -179,11 +189,14 @@ class EasyVqaSource(file_source.FileSource):
 
 @gin.configurable
 def easy_vqa_source(data_dir: Optional[str] = None,
-                    validation_fraction: float = 0.1) -> EasyVqaSource:
-  """easy-VQA from `data_dir` (default: the installed `easy_vqa` package's data)."""
+                    validation_fraction: float = 0.1,
+                    answer_type: Optional[str] = None) -> EasyVqaSource:
+  """easy-VQA from `data_dir` (default: the installed `easy_vqa` package's data); with
+  `answer_type` ("yes/no", "color" or "shape"), only the questions of that type."""
   if data_dir is None:
     data_dir = package_data_dir()
     if data_dir is None:
       raise ValueError(f"The easy-vqa package is not installed: `pip install "
                        f"easy-vqa==1.0`, or set the gin binding {BINDING}.")
-  return EasyVqaSource(file_source.require_dir(data_dir, BINDING), validation_fraction)
+  return EasyVqaSource(file_source.require_dir(data_dir, BINDING), validation_fraction,
+                       answer_type)
