@@ -145,14 +145,8 @@ def evaluate(*,
   return result
 
 
-def main(argv: Sequence[str]) -> None:
-  """absl main: parse gin flags, then `evaluate()` with everything bound by gin."""
-  if len(argv) > 1:
-    raise gin_utils.app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  if gin_utils.multiprocess_requested():
-    partitioning.initialize_distributed()
-  gin_utils.parse_gin_flags_from_command_line()
-  evaluate()  # pylint: disable=missing-kwoa  (all arguments come from gin)
+# absl main: parse the gin flags, then `evaluate()` with everything bound by gin.
+main = gin_utils.gin_main(evaluate)
 
 
 if __name__ == "__main__":

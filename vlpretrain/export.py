@@ -156,12 +156,9 @@ def export(*,
   return output_dir
 
 
-def main(argv: Sequence[str]) -> None:
-  """absl main: parse gin flags, then `export()` with everything bound by gin."""
-  if len(argv) > 1:
-    raise gin_utils.app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  gin_utils.parse_gin_flags_from_command_line()
-  export()  # pylint: disable=missing-kwoa  (all arguments come from gin)
+# absl main: parse the gin flags, then `export()` with everything bound by gin (one
+# process: export reads a checkpoint and writes files).
+main = gin_utils.gin_main(export, multiprocess=False)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import logging as pylogging
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -140,6 +140,24 @@ def write_config(model_dir: str, filename: str = "config.gin") -> Optional[str]:
   with open(path, "w") as f:
     f.write(gin.config_str())
   return path
+
+
+def gin_main(entry: Callable[[], Any], multiprocess: bool = True
+             ) -> Callable[[Sequence[str]], None]:
+  """The absl main of an entry point: parse the gin flags, then `entry()`, whose
+  arguments all come from gin. With `multiprocess`, --multiprocess (or
+  VLPRETRAIN_MULTIPROCESS=1) first joins the other hosts."""
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+    if multiprocess and multiprocess_requested():
+      from vlpretrain import partitioning  # pylint: disable=g-import-not-at-top
+      partitioning.initialize_distributed()
+    parse_gin_flags_from_command_line()
+    entry()
+
+  return main
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = None):

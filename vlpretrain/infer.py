@@ -12,7 +12,6 @@ decoded text, before any postprocessing), targets (if the split has them) and th
 generation log-probability ('score'). No metrics: that is `vlpretrain eval`.
 """
 import os
-from typing import Sequence
 
 from absl import logging
 import gin
@@ -63,14 +62,8 @@ def infer(*,
   return paths
 
 
-def main(argv: Sequence[str]) -> None:
-  """absl main: parse gin flags, then `infer()` with everything bound by gin."""
-  if len(argv) > 1:
-    raise gin_utils.app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
-  if gin_utils.multiprocess_requested():
-    partitioning.initialize_distributed()
-  gin_utils.parse_gin_flags_from_command_line()
-  infer()  # pylint: disable=missing-kwoa  (all arguments come from gin)
+# absl main: parse the gin flags, then `infer()` with everything bound by gin.
+main = gin_utils.gin_main(infer)
 
 
 if __name__ == "__main__":

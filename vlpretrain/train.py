@@ -653,14 +653,9 @@ class _QuietOrbaxInfo(pylogging.Filter):
 
 
 def main(argv: Sequence[str]) -> None:
-  """absl main: parse gin flags, then `train()` with everything bound by gin."""
-  if len(argv) > 1:
-    raise gin_utils.app.UsageError(f"Unexpected arguments: {list(argv[1:])}")
+  """absl main: parse the gin flags, then `train()` with everything bound by gin."""
   logging.get_absl_handler().addFilter(_QuietOrbaxInfo())
-  if gin_utils.multiprocess_requested():
-    partitioning.initialize_distributed()
-  gin_utils.parse_gin_flags_from_command_line()
-  train()  # pylint: disable=missing-kwoa  (all arguments come from gin)
+  gin_utils.gin_main(train)(argv)
 
 
 if __name__ == "__main__":
