@@ -31,8 +31,9 @@ def _set_param(variables, name, value):
   return params
 
 
-def test_gates_at_zero_make_the_output_independent_of_the_image():
-  module = _network(fusion.JAR(num_latents=4, num_iterations=2))
+@pytest.mark.parametrize("mlp", ["gelu", "gated_gelu"])
+def test_gates_at_zero_make_the_output_independent_of_the_image(mlp):
+  module = _network(fusion.JAR(num_latents=4, num_iterations=2, mlp=mlp))
   image_a, image_b, tokens = _inputs()
   variables = nn.unbox(module.init(jax.random.PRNGKey(0), image_a, tokens, tokens))
   for i in range(2):  # Gates are zero-initialised parameters.
@@ -116,10 +117,52 @@ def test_weighted_combine_at_one_equals_residual():
                              atol=1e-6)
 
 
-def test_bad_options_name_the_field():
-  module = _network(fusion.JAR(gating="sigmoid"))
+def test_gated_mlp_option_gates_both_mlps_of_each_iteration():
+  """mlp='gated_gelu': eq. 2's MLP and the Transformer layer's MLP are T5 v1.1's
+  gated-GELU (wi_0, wi_1, wo); the default keeps ViT's (fc1, fc2)."""
   image, _, tokens = _inputs()
-  with pytest.raises(ValueError, match="JAR.gating"):
+  for mlp, names in (("gelu", {"fc1", "fc2"}), ("gated_gelu", {"wi_0", "wi_1", "wo"})):
+    module = _network(fusion.JAR(num_latents=4, num_iterations=2, mlp=mlp))
+    params = module.init(jax.random.PRNGKey(0), image, tokens, tokens)["params"]["fusion"]
+    for i in range(2):
+      assert set(params[f"mlp_{i}"]) == names, (mlp, set(params[f"mlp_{i}"]))
+      assert set(params[f"transformer_{i}"]["mlp"]) == names
+
+
+def test_without_resampling_the_memory_is_the_text_tokens_with_their_mask():
+  """resample_text=False: the L encoded text tokens are eq. 2's queries and the memory,
+  padding masked (also inside the fusion's self-attention: changing what sits at a
+  padded position changes nothing at the real ones); resample_image=False: the queries
+  attend to all projected image tokens, and no resampler parameters exist."""
+  image, _, tokens = _inputs()
+  module = _network(fusion.JAR(num_iterations=2, resample_image=False,
+                               resample_text=False, gate_init=1.0))
+  variables = nn.unbox(module.init(jax.random.PRNGKey(0), image, tokens, tokens))
+  assert not {"image_resampler", "text_resampler"} & set(variables["params"]["fusion"])
+  memory, mask = module.apply(variables, image, tokens, method=module.encode)
+  assert memory.shape == (2, 7, 32)
+  np.testing.assert_array_equal(np.asarray(mask), np.asarray(tokens) != 0)
+
+  # The padded positions' features enter only through the masked keys: perturb them
+  # inside the fusion by giving the padding token a different embedding.
+  params = flax.core.unfreeze(variables)
+  params["params"]["token_embedder"]["embedding"] = (
+      params["params"]["token_embedder"]["embedding"].at[0].add(3.0))
+  other, _ = module.apply(params, image, tokens, method=module.encode)
+  real = np.asarray(tokens) != 0
+  np.testing.assert_allclose(np.asarray(memory)[real], np.asarray(other)[real], atol=1e-5)
+  assert np.max(np.abs(np.asarray(memory)[~real] - np.asarray(other)[~real])) > 1e-3
+
+  only_text = _network(fusion.JAR(num_latents=4, num_iterations=1, resample_text=False))
+  params = only_text.init(jax.random.PRNGKey(0), image, tokens, tokens)["params"]
+  assert "image_resampler" in params["fusion"] and "text_resampler" not in params["fusion"]
+
+
+@pytest.mark.parametrize("field, value", [("gating", "sigmoid"), ("mlp", "relu")])
+def test_bad_options_name_the_field(field, value):
+  module = _network(fusion.JAR(**{field: value}))
+  image, _, tokens = _inputs()
+  with pytest.raises(ValueError, match=f"JAR.{field}"):
     module.init(jax.random.PRNGKey(0), image, tokens, tokens)
 
 

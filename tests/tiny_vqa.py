@@ -31,7 +31,7 @@ N_TEST, N_TRAIN = 21, 32
 BATCH_SIZE = 8
 # gin flags that make gin/eval_easy_vqa.gin's jar_tiny model the model of tiny_model().
 GIN_SIZE_FLAGS = ["--gin.VIT_VARIANT='test/8'", "--gin.T5_SIZE='test'",
-                  "--gin.fusion.JAR.num_latents=4", "--gin.fusion.JAR.num_iterations=1",
+                  "--gin.fusion.JAR.num_iterations=1",
                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
                   f"--gin.BATCH_SIZE={BATCH_SIZE}"]
 
@@ -75,8 +75,11 @@ def register_task(data_dir: str) -> str:
 
 
 def tiny_model(model_cls=models.VLEncoderDecoderModel):
-  network = transformer.VLTransformer(vit.vit_config("test/8", 64), t5.t5_config("test"),
-                                      fusion.JAR(num_latents=4, num_iterations=1))
+  # gin/jar_tiny.gin's fusion at test size (GIN_SIZE_FLAGS give gin the same model).
+  network = transformer.VLTransformer(
+      vit.vit_config("test/8", 64), t5.t5_config("test"),
+      fusion.JAR(num_iterations=1, mlp="gated_gelu", resample_image=False,
+                 resample_text=False))
   v = vocab.shapes_vocabulary()
   return model_cls(network, v, v)
 

@@ -71,6 +71,17 @@ class JAR(nn.Module):
       a learned scalar w_i initialised to 1: the setting selected in Table 2e).
     num_heads: attention heads (default: width // 64).
     mlp_dim: MLP width (default: the T5 encoder's mlp_dim).
+    mlp: the MLP of eq. 2 and of each Transformer layer T: 'gelu' (ViT's
+      Dense-GELU-Dense) or 'gated_gelu' (T5 v1.1's (gelu(x W0) * x W1) W_out). The
+      gated one multiplies two projections of the same token, so a token holding the
+      question's colour and the attended image colour can compare them directly.
+    resample_image, resample_text: whether eq. 1 resamples that modality to N
+      latents. Off, its tokens enter eqs. 2-3 as they are: the M projected image
+      tokens as keys, or the L encoded text tokens as queries (then the memory has L
+      tokens and the text's padding mask). Resampling pays off where tokens are many
+      ("particularly important for the visual features", sec. 3.1); with few tokens
+      and towers trained from scratch, the resampled question loses the one word an
+      answer hinges on (README, "JAR tiny and comparison questions").
   """
   num_latents: int = 64
   num_iterations: int = 4
@@ -79,6 +90,9 @@ class JAR(nn.Module):
   iterative_combine: str = "weighted"
   num_heads: Optional[int] = None
   mlp_dim: Optional[int] = None
+  mlp: str = "gelu"
+  resample_image: bool = True
+  resample_text: bool = True
   dropout_rate: float = 0.0
 
   @nn.compact
@@ -88,6 +102,8 @@ class JAR(nn.Module):
     if self.iterative_combine not in ("none", "residual", "weighted"):
       raise ValueError("JAR.iterative_combine must be 'none', 'residual' or "
                        f"'weighted', got {self.iterative_combine!r}.")
+    if self.mlp not in ("gelu", "gated_gelu"):
+      raise ValueError(f"JAR.mlp must be 'gelu' or 'gated_gelu', got {self.mlp!r}.")
     text, text_mask = text_encoder(text_tokens, deterministic=deterministic)
     width, dtype = text.shape[-1], text.dtype
     heads = self.num_heads or max(1, width // 64)
@@ -95,17 +111,22 @@ class JAR(nn.Module):
 
     projected = layers.dense(width, ("image_embed", "embed"), dtype=dtype,
                              name="image_projection")(image_features.astype(dtype))
-    f_n = LatentResampler(self.num_latents, heads, name="image_resampler")(
-        projected, deterministic=deterministic)
-    t_n = LatentResampler(self.num_latents, heads, name="text_resampler")(
-        text, text_mask, deterministic=deterministic)
+    f_n = projected
+    if self.resample_image:
+      f_n = LatentResampler(self.num_latents, heads, name="image_resampler")(
+          projected, deterministic=deterministic)
+    t_n, memory_mask = text, text_mask
+    if self.resample_text:
+      t_n = LatentResampler(self.num_latents, heads, name="text_resampler")(
+          text, text_mask, deterministic=deterministic)
+      memory_mask = jnp.ones(t_n.shape[:2], dtype=bool)
 
     features = None
     for i in range(self.num_iterations):
       h = t_n if features is None else self._combine(features, t_n, i)
-      features = self._fuse(h, f_n, heads, mlp_dim, i, deterministic)
+      features = self._fuse(h, f_n, memory_mask, heads, mlp_dim, i, deterministic)
     memory = layers.LayerNorm(dtype=dtype, name="output_norm")(features)
-    return memory, jnp.ones(memory.shape[:2], dtype=bool)
+    return memory, memory_mask
 
   def _gate(self, name):
     if self.gating == "add":
@@ -123,8 +144,8 @@ class JAR(nn.Module):
         nn.initializers.ones, ()), (), jnp.float32)
     return features + weight.astype(t_n.dtype) * t_n
 
-  def _fuse(self, h, f_n, heads, mlp_dim, i, deterministic):
-    """One iteration of eqs. 2-3."""
+  def _fuse(self, h, f_n, mask, heads, mlp_dim, i, deterministic):
+    """One iteration of eqs. 2-3; `mask` (B, len(h)) marks h's real tokens."""
     dtype = h.dtype
     h = layers.LayerNorm(dtype=dtype, name=f"query_norm_{i}")(h)
     image = layers.LayerNorm(dtype=dtype, name=f"image_norm_{i}")(f_n)
@@ -132,12 +153,14 @@ class JAR(nn.Module):
                                          dtype=dtype, name=f"cross_attention_{i}")(
                                              h, image, deterministic=deterministic)
     p = h + self._gate(f"alpha_{i}") * attended
-    mlp = layers.GeluMlp(mlp_dim, self.dropout_rate, dtype, name=f"mlp_{i}")(
-        p, deterministic=deterministic)
+    gated = self.mlp == "gated_gelu"
+    mlp = (layers.GatedGeluMlp if gated else layers.GeluMlp)(
+        mlp_dim, self.dropout_rate, dtype, name=f"mlp_{i}")(p, deterministic=deterministic)
     f = p + self._gate(f"beta_{i}") * mlp
     return layers.TransformerLayer(heads, mlp_dim, self.dropout_rate, dtype,
-                                   name=f"transformer_{i}")(
-                                       f, deterministic=deterministic)
+                                   gated_mlp=gated, name=f"transformer_{i}")(
+                                       f, mask[:, None, None, :],
+                                       deterministic=deterministic)
 
 
 class Concat(nn.Module):

@@ -218,11 +218,15 @@ class GeluMlp(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-  """A standard pre-LN Transformer layer (self-attention + MLP), used by ViT and JAR."""
+  """A standard pre-LN Transformer layer (self-attention + MLP), used by ViT and JAR.
+
+  `gated_mlp` swaps the ViT MLP for T5 v1.1's gated-GELU one (`GatedGeluMlp`).
+  """
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  gated_mlp: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
@@ -233,7 +237,8 @@ class TransformerLayer(nn.Module):
                                y, y, mask=mask, deterministic=deterministic)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = LayerNorm(dtype=self.dtype, name="pre_mlp_norm")(x)
-    y = GeluMlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(
+    mlp = GatedGeluMlp if self.gated_mlp else GeluMlp
+    y = mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(
         y, deterministic=deterministic)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     return constrain(x)
