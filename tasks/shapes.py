@@ -5,13 +5,17 @@
   shapes_vqa  inputs "question: <question>" -> targets: the answer, one example per
               question (5 per scene: color, shape, size, count, exist)
               ("question: what color is the circle?" -> "red")
+  shapes_vqa_<type>  shapes_vqa's questions of one type in shapes.QUESTION_TYPES
+              (shapes_vqa_shape: "question: what shape is the red object?" -> "circle"),
+              to train or evaluate one skill alone
 
 Splits train and validation; features image (float32 (S, S, 3) in [-1, 1]), inputs and
 targets (shapes vocabulary, EOS appended). Scenes are written to TFRecords when a
 dataset is first requested, with the gin settings `shapes_settings.*` in force then
 (image_size, num_train, num_validation, seed, cache_dir).
 """
-from typing import Dict
+import functools
+from typing import Dict, Optional
 
 import seqio
 
@@ -45,14 +49,20 @@ def caption_example(ex):
           "targets": ex["caption"]}
 
 
-def vqa_examples(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """One example per (question, answer) of each scene."""
+def vqa_examples(dataset: tf.data.Dataset,
+                 question_type: Optional[str] = None) -> tf.data.Dataset:
+  """One example per (question, answer) of each scene; only `question_type`'s if set."""
   def unroll(ex):
-    n = tf.shape(ex["questions"])[0]
+    questions, answers = ex["questions"], ex["answers"]
+    if question_type is not None:
+      keep = tf.equal(ex["question_types"], question_type)
+      questions = tf.boolean_mask(questions, keep)
+      answers = tf.boolean_mask(answers, keep)
+    n = tf.shape(questions)[0]
     return tf.data.Dataset.from_tensor_slices({
         "image": tf.fill([n], ex["image"]),
-        "inputs": tf.strings.join([QUESTION_PROMPT + " ", ex["questions"]]),
-        "targets": ex["answers"],
+        "inputs": tf.strings.join([QUESTION_PROMPT + " ", questions]),
+        "targets": answers,
     })
   return dataset.flat_map(unroll)
 
@@ -74,3 +84,7 @@ def _register(name, task_preprocessor, metric_fns=()):
 
 _register("shapes_cap", caption_example)
 _register("shapes_vqa", vqa_examples, metric_fns=[metrics.exact_match])
+for _type in shapes.QUESTION_TYPES:
+  _register(f"shapes_vqa_{_type}",
+            functools.partial(vqa_examples, question_type=_type),
+            metric_fns=[metrics.exact_match])

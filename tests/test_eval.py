@@ -10,6 +10,7 @@ import sys
 
 import jax.numpy as jnp
 import pytest
+import seqio
 
 import tiny_vqa
 from vlpretrain import checkpoints
@@ -20,6 +21,7 @@ from vlpretrain import models
 from vlpretrain import partitioning
 from vlpretrain import utils
 from vlpretrain.data import easy_vqa
+from vlpretrain.data import shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = tiny_vqa.TASK
@@ -222,6 +224,24 @@ def test_finetune_gins_require_the_initial_checkpoint(clean_gin):
   assert gin.query_parameter("%TRAIN_STEPS") == 50000
   assert utils.create_learning_rate_scheduler()(10**6) == 0.0  # Decays to 0 by 50k.
   assert float(utils.create_learning_rate_scheduler()(1000)) == pytest.approx(1e-5)
+
+
+def test_easy_vqa_loop_pretraining_gin(clean_gin):
+  """gin/jar_tiny_shape_questions.gin: jar_tiny's network and run on the shapes world's
+  shape questions, whose answers fit its 4 target positions."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from vlpretrain import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags([], ["jar_tiny_shape_questions.gin"], [])
+  with gin.config_scope("train"):
+    cfg = utils.DatasetConfig()
+  assert cfg.mixture_or_task_name == "shapes_vqa_shape" and cfg.split == "train"
+  assert gin.query_parameter("%T5_SIZE") == "tiny"
+  assert gin.query_parameter("%VIT_VARIANT") == "mini/8"
+  assert utils.CheckpointConfig().restore.path is None  # Pretraining: from scratch.
+  vocabulary = seqio.get_mixture_or_task("shapes_vqa_shape").output_features[
+      "targets"].vocabulary
+  for answer in shapes.SHAPES:  # One piece + EOS.
+    assert len(vocabulary.encode(answer)) + 1 <= cfg.task_feature_lengths["targets"]
 
 
 def _console_script() -> str:

@@ -35,7 +35,7 @@ def test_same_seed_same_scene_other_seed_or_split_differs():
 
 # The shapes by definition, in box coordinates u (right), v (down) in [-1, 1].
 SHAPE_SETS = {
-    "square": lambda u, v: np.ones_like(u * v, bool),
+    "rectangle": lambda u, v: np.ones_like(u * v, bool),
     "circle": lambda u, v: np.hypot(u, v) <= 1,
     "diamond": lambda u, v: abs(u) + abs(v) <= 1,
     "triangle": lambda u, v: abs(u) <= (v + 1) / 2,
@@ -43,20 +43,31 @@ SHAPE_SETS = {
 }
 
 
-def iou_with_each_shape(image, obj):
-  """IoU of the pixels of obj's colour with each shape drawn in obj's box."""
+def coverage_error_of_each_shape(image, background, obj, fine=10):
+  """Mean |drawn coverage - shape's coverage| over obj's box, for each shape.
+
+  The drawn coverage of a pixel is where its colour lies between the background and
+  obj's colour; a shape's coverage is measured on a finer grid than the renderer's.
+  """
   size = image.shape[0]
-  drawn = np.all(image == shapes.COLORS[obj.color], axis=-1)
-  (cy, cx), half = obj.center, (obj.box[2] - obj.box[0]) / 2
-  yy, xx = (np.mgrid[:size, :size] + 0.5) / size
-  u, v = (xx - cx) / half, (yy - cy) / half
+  bg, color = np.float32(background), np.float32(shapes.COLORS[obj.color])
+  drawn = (image - bg) @ (color - bg) / np.sum((color - bg) ** 2)
+  (cy, cx) = obj.center
+  hy, hx = (obj.box[2] - obj.box[0]) / 2, (obj.box[3] - obj.box[1]) / 2
+  pts = (np.arange(size * fine) + 0.5) / (size * fine)
+  u, v = ((pts - cx) / hx)[None, :], ((pts - cy) / hy)[:, None]
   in_box = (abs(u) <= 1) & (abs(v) <= 1)
-  return {k: (f(u, v) & in_box & drawn).sum() / (f(u, v) & in_box | drawn).sum()
-          for k, f in SHAPE_SETS.items()}
+  y0, x0 = (max(0, int(c * size) - 1) for c in obj.box[:2])
+  y1, x1 = (min(size, int(c * size) + 2) for c in obj.box[2:])
+  errors = {}
+  for k, f in SHAPE_SETS.items():
+    cover = (f(u, v) & in_box).reshape(size, fine, size, fine).mean((1, 3))
+    errors[k] = np.abs(drawn - cover)[y0:y1, x0:x1].mean()
+  return errors
 
 
 def test_caption_and_boxes_agree_with_pixels():
-  counts = collections.Counter()
+  counts, aspects = collections.Counter(), []
   for i in range(200):
     s = shapes.make_scene(0, "train", i, image_size=64)
     n = len(s.objects)
@@ -70,19 +81,29 @@ def test_caption_and_boxes_agree_with_pixels():
     assert xs == sorted(xs) and np.all(np.diff(xs) >= shapes.MIN_DX)
     assert np.all(s.boxes >= 0) and np.all(s.boxes <= 1)
     for o in s.objects:
-      half = (o.box[2] - o.box[0]) / 2
-      assert abs(half / shapes.SIZES[o.size] - 1) <= 0.1 + 1e-6
+      hy, hx = (o.box[2] - o.box[0]) / 2, (o.box[3] - o.box[1]) / 2
+      low, high = shapes.SIZES[o.size]
+      assert low - 1e-6 <= max(hy, hx) <= high + 1e-6, (i, o)
+      if o.shape == "rectangle":
+        assert min(hy, hx) >= shapes.MIN_HALF - 1e-6, (i, o)
+        assert max(hy, hx) / min(hy, hx) <= shapes.MAX_ASPECT + 1e-6, (i, o)
+        aspects.append(max(hy, hx) / min(hy, hx))
+      else:
+        assert hy == pytest.approx(hx), (i, o)
       cy, cx = int(o.center[0] * 64), int(o.center[1] * 64)
       assert tuple(s.image[cy, cx]) == shapes.COLORS[o.color], (i, o)
-      iou = iou_with_each_shape(s.image, o)
-      assert iou[o.shape] > 0.95 and max(iou, key=iou.get) == o.shape, (i, o, iou)
+      errors = coverage_error_of_each_shape(s.image, s.background, o)
+      assert errors[o.shape] < 0.06, (i, o, errors)
+      assert min(errors, key=errors.get) == o.shape, (i, o, errors)
     # Outside every box is background.
     mask = np.ones((64, 64), bool)
     for o in s.objects:
       ymin, xmin, ymax, xmax = (v * 64 for v in o.box)
       mask[int(ymin):int(np.ceil(ymax)), int(xmin):int(np.ceil(xmax))] = False
     assert np.all(s.image[mask] == np.array(s.background))
-  assert set(counts) == {1, 2, 3, 4} and min(counts.values()) >= 30, counts
+  assert set(counts) == {1, 2, 3, 4} and min(counts.values()) >= 8, counts
+  # Rectangles range from square to long, as easy-VQA's do.
+  assert min(aspects) < 1.2 and max(aspects) > 2.2, sorted(aspects)
 
 
 def test_answers_follow_from_the_scene_and_yes_no_is_balanced():
@@ -110,7 +131,9 @@ def test_answers_follow_from_the_scene_and_yes_no_is_balanced():
         assert a == ("yes" if present else "no")
         assert q.startswith("is there an ") == (m[1][0] in "aeiou")
   assert 450 <= answers["exist", "yes"] <= 550, answers
-  assert all(answers["count", w] >= 200 for w in ("one", "two", "three", "four"))
+  # OBJECT_COUNT_WEIGHTS: 70% one object, 10% each of two to four.
+  assert 650 <= answers["count", "one"] <= 750, answers
+  assert all(answers["count", w] >= 60 for w in ("two", "three", "four")), answers
 
 
 def test_png_decodes_to_the_same_pixels():
@@ -214,6 +237,23 @@ def test_shapes_vqa_task_and_metric(small_shapes):
   assert metric([b"Two"], [" two "]) == {"exact_match": 100.0}
 
 
+def test_shapes_vqa_by_question_type_tasks(small_shapes):
+  scenes = [shapes.make_scene(0, "validation", i, draw=False) for i in range(100)]
+  for qtype in shapes.QUESTION_TYPES:
+    task = seqio.get_mixture_or_task(f"shapes_vqa_{qtype}")
+    examples = list(task.get_dataset({"inputs": 32, "targets": 8},
+                                     split="validation", shuffle=False))
+    expected = [("question: " + q, a) for s in scenes
+                for t, q, a in zip(s.question_types, s.questions, s.answers)
+                if t == qtype]
+    assert len(expected) == 100
+    got = [(ex["inputs_pretokenized"].numpy().decode(),
+            ex["targets_pretokenized"].numpy().decode()) for ex in examples]
+    assert got == expected, qtype
+  answers = {a for _, a in got}  # exist: yes and no both occur.
+  assert answers == {"yes", "no"}
+
+
 def test_gin_settings_are_read_when_the_dataset_is_built(small_shapes):
   gin.parse_config("shapes_settings.image_size = 32")
   task = seqio.get_mixture_or_task("shapes_cap")
@@ -223,13 +263,14 @@ def test_gin_settings_are_read_when_the_dataset_is_built(small_shapes):
   assert len(list(ds)) == 100
 
 
-def test_backgrounds_are_grey_or_light_and_light_scenes_have_no_white_object():
-  kinds = collections.Counter()
-  for i in range(400):
+def test_backgrounds_are_light_and_most_scenes_have_one_object():
+  counts = collections.Counter()
+  for i in range(1000):
     s = shapes.make_scene(0, "train", i, draw=False)
-    light = min(s.background) >= 197
-    kinds["light" if light else "grey"] += 1
-    assert light or max(s.background) <= 173, s.background
-    if light:
-      assert "white" not in {o.color for o in s.objects}, (i, s.objects)
-  assert min(kinds.values()) >= 160, kinds  # About half each.
+    assert 197 <= min(s.background) and max(s.background) <= 248, s.background
+    counts[len(s.objects)] += 1
+  assert 0.65 <= counts[1] / 1000 <= 0.75, counts  # OBJECT_COUNT_WEIGHTS: 70%.
+  assert all(60 <= counts[n] <= 140 for n in (2, 3, 4)), counts  # 10% each.
+  # Every colour stands out from every background.
+  for rgb in shapes.COLORS.values():
+    assert max(abs(c - 222) for c in rgb) >= 80, rgb

@@ -110,7 +110,7 @@ def _check_image(ex, scene):
 def test_whole_pieces_in_the_shapes_vocabulary(small_shapes):
   vocab = seqio.get_mixture_or_task("shapes_gqa").output_features["inputs"].vocabulary
   text = ("question: what color is the shape left of the orange diamond? hypothesis: "
-          "the white cross will move down contradiction neutral entailment refer: the "
+          "the teal cross will move down contradiction neutral entailment refer: the "
           "leftmost shape 0 7 42 99 which way does the black triangle move?")
   assert len(vocab.encode(text)) == len(text.replace("?", " ?").replace(":", " :").split())
 
@@ -129,7 +129,7 @@ def test_gqa_answers_are_right_for_the_scene(small_shapes):
   assert seqio.get_mixture_or_task("shapes_gqa").metric_fns[0] is metrics.exact_match
   # The first example exactly (scene 0 of validation).
   assert (examples[0]["inputs_pretokenized"], examples[0]["targets_pretokenized"]) == (
-      b"question: what shape is left of the blue square?", b"cross")
+      b"question: what shape is left of the blue rectangle?", b"diamond")
 
 
 def test_entailment_labels_are_right_for_the_scene(small_shapes):
@@ -158,7 +158,8 @@ def test_referring_box_round_trips_to_the_object(small_shapes):
     want = [round(v * 99) for v in (obj.box[2], obj.box[3], obj.box[0], obj.box[1])]
     assert max(abs(int(t) - w) for t, w in zip(text.split(), want)) <= 1, (text, want)
     assert text == metrics.box_to_text(ex["box"].tolist())
-    assert metrics.iou(metrics.text_to_box(text), obj.box) > 0.9
+    # 1/99 quantisation: IoU > 0.8 even for the thinnest rectangles (0.07 wide).
+    assert metrics.iou(metrics.text_to_box(text), obj.box) > 0.8
     # Metric path: target -> the exact box, prediction -> parsed text.
     target = task.postprocess_fn(text, example=ex, is_target=True)
     assert target == pytest.approx(list(obj.box), abs=1e-6)

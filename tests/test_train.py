@@ -179,6 +179,12 @@ def test_warm_start_takes_params_only(clean_gin, toy_task, tmp_path):
   _assert_same_params(source["params"], state["params"])
   mu = state["opt_state"][1][0].mu  # chain(clip, adamw(scale_by_adam, ...))
   assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(mu))
+  # The fresh optimizer state has a fresh init's structure, dtypes and shardings.
+  assert (jax.tree.structure(state["opt_state"]) ==
+          jax.tree.structure(source["opt_state"]))
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(source)):
+    assert (got.dtype, got.shape, got.sharding) == (want.dtype, want.shape,
+                                                    want.sharding)
 
 
 def test_per_task_losses_logged(clean_gin, tmp_path, caplog):

@@ -14,8 +14,8 @@ def test_ids_size_and_exact_round_trip():
   v = vocab.shapes_vocabulary()
   assert (v.pad_id, v.eos_id, v.unk_id) == (0, 1, 2)
   assert v.tokenizer.bos_id() == -1
-  assert v.vocab_size == 958 + 100  # BPE pieces (incl. 256 bytes) + sentinels.
-  assert v.encode("<extra_id_0>") == [1057]  # seqio's T5 sentinels, last first.
+  assert v.vocab_size == 961 + 100  # BPE pieces (incl. 256 bytes) + sentinels.
+  assert v.encode("<extra_id_0>") == [1060]  # seqio's T5 sentinels, last first.
   for i in range(200):
     s = shapes.make_scene(0, "validation", i, draw=False)
     for text in (s.caption, *s.labels, *s.questions, *s.answers,
@@ -24,7 +24,7 @@ def test_ids_size_and_exact_round_trip():
       assert 2 not in ids, text  # No unknown pieces.
       assert v.decode(ids) == text
   # Every word of the world is one piece; punctuation is its own piece.
-  caption = "a small red circle, a large blue square and a small green cross"
+  caption = "a small red circle, a large blue rectangle and a small green cross"
   assert len(v.encode(caption)) == 14
   assert len(v.encode("question: is there an orange diamond?")) == 8
   assert len(v.encode("caption:")) == 2

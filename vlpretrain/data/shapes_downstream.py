@@ -12,9 +12,9 @@ of" / "right of" (by centre x) are never ties.
   gqa_question       compositional relation questions, one per example (GQA, seed 001
                      sec. 4 / Table 1):
                        "what color is the shape left of the red circle?"  -> "blue"
-                       "what shape is right of the red circle?"           -> "square"
+                       "what shape is right of the red circle?"           -> "cross"
                          (asked only when exactly one object is on that side)
-                       "is the red circle left of the blue square?"       -> "yes"/"no"
+                       "is the red circle left of the blue diamond?"      -> "yes"/"no"
                        "how many shapes are left of the red circle?"      -> "two"
                        "is there a green shape right of the red circle?"  -> "yes"/"no"
   entailment_pair    a hypothesis about the scene and its label (SNLI-VE):
