@@ -1,4 +1,5 @@
 """The dynamic mixture in training: batch composition, hosts, logging, exact resumption."""
+import dataclasses
 import functools
 import json
 
@@ -39,6 +40,27 @@ def test_registered_as_seqio_mixture():
   assert mixture.task_names == list(TASKS)
   with pytest.raises(ValueError, match="'dyn_toy_a' does not know its size"):
     mixture.num_examples("train")  # FunctionDataSource has no size.
+
+
+def test_input_pipelines_run_without_tf_data_autotuning(clean_gin):
+  """utils.input_options() reaches the training pipelines (per task and single) and the
+  inference ones: autotuning off by default (its threads held up each run's exit),
+  on with the binding utils.input_options.autotune = True."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from vlpretrain import inference  # pylint: disable=g-import-not-at-top
+  cfg = utils.DatasetConfig(_toy_dynamic_mixture(), toy_model.TASK_FEATURE_LENGTHS,
+                            "train", 4, False, 0)
+  single = dataclasses.replace(cfg, mixture_or_task_name=TASKS[0])
+
+  def autotune_flags():
+    datasets = utils.get_task_datasets(cfg, 0, 1, features.VLEncDecFeatureConverter)
+    datasets.append(utils.get_dataset(single, 0, 1, features.VLEncDecFeatureConverter))
+    datasets.append(inference._task_dataset(seqio.get_mixture_or_task(TASKS[0]), single))  # pylint: disable=protected-access
+    return [ds.options().autotune.enabled for ds in datasets]
+
+  assert autotune_flags() == [False] * 5
+  gin.bind_parameter("utils.input_options.autotune", True)
+  assert autotune_flags() == [True] * 5
 
 
 def test_batches_follow_the_sampler_counts():

@@ -102,7 +102,7 @@ def _is_text_field(name: str, spec: tf.TensorSpec) -> bool:
 def _task_dataset(task: seqio.Task, cfg: utils.DatasetConfig) -> tf.data.Dataset:
   return task.get_dataset(sequence_length=cfg.task_feature_lengths, split=cfg.split,
                           use_cached=cfg.use_cached, shuffle=False, num_epochs=1,
-                          seed=cfg.seed)
+                          seed=cfg.seed).with_options(utils.input_options())
 
 
 @dataclasses.dataclass
