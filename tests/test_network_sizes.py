@@ -57,3 +57,35 @@ def test_vocab_padding():
   assert t5.padded_vocab_size(32100) == 32128
   assert t5.padded_vocab_size(128) == 128
   assert t5.padded_vocab_size(129) == 256
+
+
+def test_vit_conv_stem_tokens_parameters_and_receptive_field():
+  """stem='conv' (Xiao et al., 2021): log2(P) 3x3 stride-2 convs, channels width/8,
+  /4, /2 for P=8, then a 1x1 embedding: the same (B, M, D) tokens, a known parameter
+  count, and token (0, 0) sees only the pixels near its own 8x8 patch."""
+  config = vit.vit_config("mini/8", image_size=64, stem="conv")
+  image = jnp.zeros((2, 64, 64, 3))
+  params = vit.ViT(config).init(jax.random.PRNGKey(0), image)["params"]
+  tokens = vit.ViT(config).apply({"params": params}, image)
+  assert tokens.shape == (2, 64, 128)
+  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  stem = (conv(3, 3, 16) + 2 * 16 + conv(3, 16, 32) + 2 * 32 + conv(3, 32, 64) + 2 * 64)
+  assert _count(params["conv_stem"]) == stem
+  assert _count(params["embedding"]) == conv(1, 64, 128)
+  patch = vit.ViT(vit.vit_config("mini/8", image_size=64)).init(
+      jax.random.PRNGKey(0), image)["params"]
+  assert _count(params) - _count(patch) == stem + conv(1, 64, 128) - conv(8, 3, 128)
+
+  stem_module = vit.ConvStem(128, 8)
+  stem_params = stem_module.init(jax.random.PRNGKey(1), image)
+  features = lambda x: stem_module.apply(stem_params, x)[0, 0, 0]
+  base = jax.random.uniform(jax.random.PRNGKey(2), (1, 64, 64, 3), minval=-1, maxval=1)
+  near = base.at[0, 5, 5, 0].add(1.0)    # Inside token (0, 0)'s 8x8 patch.
+  far = base.at[0, 30, 30, 0].add(1.0)   # Four patches away.
+  assert not np.allclose(features(near), features(base))
+  np.testing.assert_array_equal(features(far), features(base))
+  with pytest.raises(ValueError, match="power-of-two patch size"):
+    vit.ViT(vit.vit_config("mini/6", image_size=48, stem="conv")).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 3)))
+  with pytest.raises(ValueError, match="stem"):
+    vit.vit_config("mini/8", image_size=64, stem="convolutional")

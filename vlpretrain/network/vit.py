@@ -26,6 +26,11 @@ VIT_SIZES = {
 }
 
 
+# "patch": one P x P stride-P convolution (the ViT paper's patch embedding); "conv":
+# the convolutional stem of Xiao et al. (2021), see ConvStem.
+STEMS = ("patch", "conv")
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   width: int
@@ -37,6 +42,7 @@ class ViTConfig:
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  stem: str = "patch"
 
   @property
   def num_patches(self) -> int:
@@ -55,12 +61,16 @@ def vit_config(variant: str = "B/32", image_size: int = 224, **overrides) -> ViT
   if image_size % patch:
     raise ValueError(f"ViT image_size {image_size} is not a multiple of the patch "
                      f"size {patch} (variant {variant!r}).")
+  if overrides.get("stem", "patch") not in STEMS:
+    raise ValueError(f"Unknown ViT stem {overrides['stem']!r} (gin: vit.vit_config.stem): "
+                     f"use one of {STEMS}.")
   return ViTConfig(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads,
                    patch_size=patch, image_size=image_size, **overrides)
 
 
 class ViT(nn.Module):
-  """Patch embedding + learned position embedding + pre-LN Transformer blocks."""
+  """Patch embedding (or a convolutional stem, `stem='conv'`) + learned position
+  embedding + pre-LN Transformer blocks."""
   config: ViTConfig
 
   @nn.compact
@@ -71,12 +81,18 @@ class ViT(nn.Module):
           f"Image of shape {image.shape[1:3]} given to a ViT configured for "
           f"{cfg.image_size}x{cfg.image_size}: set the ViT's image_size "
           "(gin: vit.vit_config.image_size) to the size the task produces.")
-    x = nn.Conv(cfg.width, (cfg.patch_size,) * 2, strides=(cfg.patch_size,) * 2,
+    x = image.astype(cfg.dtype)
+    if cfg.stem == "conv":
+      x = ConvStem(cfg.width, cfg.patch_size, cfg.dtype, name="conv_stem")(x)
+      kernel = 1
+    else:
+      kernel = cfg.patch_size
+    x = nn.Conv(cfg.width, (kernel,) * 2, strides=(kernel,) * 2,
                 padding="VALID", dtype=cfg.dtype, param_dtype=jnp.float32,
                 kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
                                                (None, None, None, "embed")),
                 bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
-                name="embedding")(image.astype(cfg.dtype))
+                name="embedding")(x)
     batch, h, w, width = x.shape
     x = jnp.reshape(x, (batch, h * w, width))
     pos = self.param("pos_embedding",
@@ -91,3 +107,30 @@ class ViT(nn.Module):
       x = block(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.dtype,
                 name=f"encoderblock_{i}")(x, None, deterministic)
     return layers.LayerNorm(dtype=cfg.dtype, name="encoder_norm")(x)
+
+
+class ConvStem(nn.Module):
+  """Xiao et al. (2021), "Early convolutions help transformers see better": log2(P)
+  3x3 stride-2 convolutions (LayerNorm + ReLU after each) instead of the P x P patch
+  projection; the channels double up to width / 2 and a 1x1 conv (the ViT's
+  `embedding`) maps them to the width."""
+  width: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    steps = self.patch_size.bit_length() - 1
+    if 2 ** steps != self.patch_size:
+      raise ValueError(f"ViT stem='conv' needs a power-of-two patch size, got "
+                       f"{self.patch_size}.")
+    for i in range(steps):
+      channels = self.width // 2 ** (steps - i)
+      x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                  param_dtype=jnp.float32,
+                  kernel_init=layers.partitioned(nn.initializers.he_normal(),
+                                                 (None, None, None, "image_embed")),
+                  bias_init=layers.partitioned(nn.initializers.zeros, ("image_embed",)),
+                  name=f"conv_{i}")(x)
+      x = nn.relu(layers.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(x))
+    return x
