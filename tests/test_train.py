@@ -10,6 +10,7 @@ import seqio
 import tensorflow as tf
 
 import toy_model
+from vlpretrain import checkpoints
 from vlpretrain import gin_utils
 from vlpretrain import optimizers
 from vlpretrain import partitioning
@@ -90,7 +91,7 @@ def test_adamw_clips_and_skips_decay_on_vectors():
 
 
 def _train(model_dir, steps, task, *, save_dataset=True, period=2, model=None,
-           restore_path=None):
+           restore_path=None, assignment_map=None, random_seed=None):
   lr = utils.create_learning_rate_scheduler(base_learning_rate=1e-2, warmup_steps=2,
                                             decay_steps=8)
   return train_lib.train(
@@ -102,8 +103,10 @@ def _train(model_dir, steps, task, *, save_dataset=True, period=2, model=None,
       checkpoint_cfg=utils.CheckpointConfig(
           save=utils.SaveCheckpointConfig(period=period, keep=2,
                                           save_dataset=save_dataset),
-          restore=utils.RestoreCheckpointConfig(path=restore_path)),
-      log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr)
+          restore=utils.RestoreCheckpointConfig(path=restore_path,
+                                                assignment_map=assignment_map)),
+      log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
+      **({} if random_seed is None else {"random_seed": random_seed}))
 
 
 def _assert_same_params(a, b):
@@ -185,6 +188,51 @@ def test_warm_start_takes_params_only(clean_gin, toy_task, tmp_path):
   for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(source)):
     assert (got.dtype, got.shape, got.sharding) == (want.dtype, want.shape,
                                                     want.sharding)
+
+
+def test_warm_start_assignment_map_leaves_matched_params_fresh(clean_gin, toy_task,
+                                                               tmp_path):
+  """assignment_map (t5x's): params mapped to None keep a fresh init's values (the same
+  seed's), the others come from the checkpoint; a pattern matching nothing is an error."""
+  _, source = _train(tmp_path / "source", 2, toy_task, random_seed=1)
+  _, fresh = _train(tmp_path / "fresh", 0, toy_task, random_seed=7)
+  ckpt = str(tmp_path / "source" / "checkpoints")
+  _, state = _train(tmp_path / "warm", 0, toy_task, restore_path=ckpt, random_seed=7,
+                    assignment_map=(("image/.*", None), ("(gate)", r"\1")))
+  compared = 0
+  for (path, got), want_source, want_fresh in zip(
+      jax.tree_util.tree_leaves_with_path(state["params"]),
+      jax.tree.leaves(source["params"]), jax.tree.leaves(fresh["params"])):
+    name = checkpoints.param_path(path)
+    want = want_fresh if name.startswith("image/") else want_source
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
+    compared += name.startswith("image/")
+  assert compared == 2  # image/kernel, image/bias
+  assert not np.array_equal(np.asarray(source["params"]["image"]["kernel"]),
+                            np.asarray(fresh["params"]["image"]["kernel"]))
+  with pytest.raises(ValueError, match=r"assignment_map.*\['decoder/.\*'\] match no param"):
+    _train(tmp_path / "typo", 0, toy_task, restore_path=ckpt,
+           assignment_map=(("decoder/.*", None),))
+
+
+def test_assignment_map_renames_and_checks_shapes(clean_gin, toy_task, tmp_path):
+  """A replacement reads another checkpoint param (re.sub groups); one of another
+  shape is an error naming both params."""
+  abstract = {"enc": {"kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32)},
+              "dec": {"kernel": jax.ShapeDtypeStruct((3, 2), jnp.float32)}}
+  assert checkpoints.assign(abstract, ((r"enc/(.*)", r"old_enc/\1"),
+                                       ("dec/.*", None))) == {
+      "dec/kernel": None, "enc/kernel": "old_enc/kernel"}
+  assert checkpoints.assign(abstract) == {"dec/kernel": "dec/kernel",
+                                          "enc/kernel": "enc/kernel"}
+  with pytest.raises(ValueError, match="must be a .regex, replacement or None. pair"):
+    checkpoints.assign(abstract, (("enc/.*",),))
+  _train(tmp_path / "source", 2, toy_task)
+  with pytest.raises(ValueError, match="param 'wo/kernel' has shape .* the model's "
+                                       "'wi/kernel' expects"):
+    _train(tmp_path / "warm", 0, toy_task,
+           restore_path=str(tmp_path / "source" / "checkpoints"),
+           assignment_map=(("wi/kernel", "wo/kernel"),))
 
 
 def test_per_task_losses_logged(clean_gin, tmp_path, caplog):

@@ -16,9 +16,11 @@ is never loaded, so a checkpoint evaluates in the memory of the model alone.
 """
 import contextlib
 import os
-from typing import Any, Mapping, Optional, Sequence
+import re
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
+from flax import traverse_util
 import flax.linen as nn
 import gin
 import jax
@@ -159,39 +161,110 @@ def _target(abstract, shardings, dtype: Optional[str]):
   return jax.tree.map(leaf, abstract, shardings)
 
 
-def restore_params(step_dir: str, abstract, shardings, dtype: Optional[str] = None):
+def param_path(key_path) -> str:
+  """A param's name as assignment maps match it: its keys joined by '/', e.g.
+  'image_encoder/embedding/kernel'."""
+  return "/".join(str(getattr(k, "key", k)) for k in key_path)
+
+
+def assign(abstract, assignment_map: Optional[Sequence[Tuple[str, Optional[str]]]] = None,
+           binding: str = "utils.RestoreCheckpointConfig.assignment_map"
+           ) -> dict[str, Optional[str]]:
+  """For each param of `abstract`, the checkpoint param it is read from (None: not read).
+
+  t5x's `RestoreCheckpointConfig.assignment_map`: (regex, replacement) pairs over the
+  params' paths (`param_path`); the first pattern that matches a whole path decides. A
+  replacement of None leaves that param at its fresh initialisation; a string names the
+  checkpoint param (`re.sub` groups allowed: (r'decoder/(.*)', r'text_decoder/\1')).
+  Unmatched params are read under their own name. A pattern that matches no param is an
+  error naming `binding`: a typo would otherwise restore everything.
+  """
+  paths = [param_path(kp) for kp, _ in jax.tree_util.tree_leaves_with_path(abstract)]
+  assignment_map = [tuple(pair) for pair in (assignment_map or ())]
+  for pair in assignment_map:
+    if len(pair) != 2 or not isinstance(pair[0], str) or not (
+        pair[1] is None or isinstance(pair[1], str)):
+      raise ValueError(f"{binding}: each entry must be a (regex, replacement or None) "
+                       f"pair, got {pair!r}.")
+  compiled = [(re.compile(pattern), pattern, replacement)
+              for pattern, replacement in assignment_map]
+  sources, used = {}, set()
+  for path in paths:
+    sources[path] = path
+    for regex, pattern, replacement in compiled:
+      if regex.fullmatch(path):
+        used.add(pattern)
+        sources[path] = None if replacement is None else regex.sub(replacement, path)
+        break
+  unused = [pattern for _, pattern, _ in compiled if pattern not in used]
+  if unused:
+    tops = sorted({path.split("/")[0] for path in paths})
+    raise ValueError(f"{binding}: the patterns {unused} match no param of the model "
+                     f"(its params are named like {paths[0]!r}; top-level modules: "
+                     f"{tops}).")
+  return sources
+
+
+def restore_params(step_dir: str, abstract, shardings, dtype: Optional[str] = None,
+                   assignment_map: Optional[Sequence[Tuple[str, Optional[str]]]] = None,
+                   fresh=None):
   """The 'params' of the checkpoint in `step_dir` (a MODEL_DIR/checkpoints/<step>).
 
   `abstract`/`shardings` (from `abstract_params`) give the tree, shapes and placement;
   a param missing from the checkpoint, or with another shape, is an error naming it.
   `dtype` casts floating-point params (e.g. 'bfloat16'); None keeps the model's dtype.
+  `assignment_map` (see `assign`) renames params or leaves some unread; those come from
+  `fresh` (a params tree like `abstract`, e.g. a fresh initialisation), required then.
   """
   state_dir = os.path.join(_abspath(step_dir), STATE_ITEM)
   if not _isdir(state_dir):
     raise FileNotFoundError(f"No checkpoint state at {state_dir!r}.")
-  target = {"params": _target(abstract, shardings, dtype)}
-  logging.info("Restoring params from %s.", state_dir)
-  try:
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-      restored = checkpointer.restore(
-          state_dir, args=ocp.args.PyTreeRestore(
-              item=target,
-              restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-              partial_restore=True))
-  except (ValueError, KeyError) as e:
-    raise ValueError(
-        f"The checkpoint {step_dir!r} does not fit the configured model (a parameter is "
-        f"missing or has another shape): check that the model gin matches the one it "
-        f"was trained with. ({str(e)[:1000]})") from e
-  _check_shapes(restored["params"], abstract, step_dir)
-  return restored["params"]
-
-
-def _check_shapes(params, abstract, step_dir):
-  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(params),
-                               jax.tree.leaves(abstract)):
-    if tuple(got.shape) != tuple(want.shape):
+  sources = assign(abstract, assignment_map)
+  targets = _target(abstract, shardings, dtype)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(targets)
+  names = [param_path(key_path) for key_path, _ in leaves]
+  if fresh is None and None in sources.values():
+    raise ValueError("restore_params: the assignment map leaves params unread; pass "
+                     "`fresh` params for them.")
+  stored = _stored_shapes(state_dir)
+  read = {}  # Checkpoint path -> target leaf, nested below as the checkpoint stores it.
+  for name, (_, leaf) in zip(names, leaves):
+    source = sources[name]
+    if source is None:
+      continue
+    if source not in stored:
       raise ValueError(
-          f"Checkpoint {step_dir!r}: param {jax.tree_util.keystr(path)} has shape "
-          f"{tuple(got.shape)}, the model expects {tuple(want.shape)}: the model gin "
-          "does not match the one the checkpoint was trained with.")
+          f"The checkpoint {step_dir!r} has no param {source!r} (for the model's "
+          f"{name!r}): check that the model gin matches the one it was trained with, or "
+          "map the param elsewhere with utils.RestoreCheckpointConfig.assignment_map.")
+    if stored[source] != tuple(leaf.shape):
+      raise ValueError(
+          f"Checkpoint {step_dir!r}: param {source!r} has shape {stored[source]}, the "
+          f"model's {name!r} expects {tuple(leaf.shape)}: the model gin does not match "
+          "the one the checkpoint was trained with.")
+    read[tuple(source.split("/"))] = leaf
+  logging.info("Restoring %d of %d params from %s.", len(read), len(leaves), state_dir)
+  target = {"params": traverse_util.unflatten_dict(read)}
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(
+        state_dir, args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+  got = traverse_util.flatten_dict(restored["params"])
+  fresh_leaves = jax.tree.leaves(fresh) if fresh is not None else [None] * len(leaves)
+  params = []
+  for name, (_, leaf), fresh_leaf in zip(names, leaves, fresh_leaves):
+    source = sources[name]
+    params.append(jnp.asarray(fresh_leaf, leaf.dtype) if source is None
+                  else got[tuple(source.split("/"))])
+  return jax.tree_util.tree_unflatten(treedef, params)
+
+
+def _stored_shapes(state_dir: str) -> dict[str, tuple]:
+  """The shapes of the params stored in a checkpoint's state, by `param_path`."""
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    metadata = checkpointer.metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  return {param_path(key_path): tuple(leaf.shape)
+          for key_path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])}

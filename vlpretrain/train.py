@@ -423,8 +423,19 @@ def train(*,
     # a 5-step run on 2 busy CPU cores).
     [(step_dir, _)] = checkpoints.resolve(restore_cfg.path, restore_cfg.mode)
     logging.info("Initialising params from %s.", step_dir)
+    sources = checkpoints.assign(abstract_params, restore_cfg.assignment_map)
+    fresh = None
+    if None in sources.values():  # The assignment map leaves some params fresh.
+      fresh_names = [p for p, s in sources.items() if s is None]
+      logging.info("assignment_map: %d of %d params left at their fresh initialisation "
+                   "(in %s).", len(fresh_names), len(sources),
+                   ", ".join(sorted({p.split("/")[0] for p in fresh_names})))
+      with partitioner.activate():
+        fresh = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)[0]),
+                        out_shardings=param_shardings)(init_rng)
     params = checkpoints.restore_params(step_dir, abstract_params, param_shardings,
-                                        restore_cfg.dtype)
+                                        restore_cfg.dtype, restore_cfg.assignment_map,
+                                        fresh)
     with partitioner.activate():
       opt_state = jax.jit(  # From float32 params, as a fresh init's, whatever the dtype.
           lambda p: optimizer.init(jax.tree.map(lambda x, a: x.astype(a.dtype), p,

@@ -1,7 +1,7 @@
 """Gin-configurable run pieces with t5x's names: dataset/checkpoint configs, LR schedules."""
 import dataclasses
 import importlib
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import gin
@@ -60,11 +60,17 @@ class RestoreCheckpointConfig:
     fresh. A checkpoint in MODEL_DIR always wins: training resumes from it.
   dtype: cast restored floating-point params to this dtype (None: the model's dtype).
   restore_dataset: when resuming from MODEL_DIR, restore the data iterator state too.
+  assignment_map: for a warm start, t5x's (regex, replacement) pairs over the params'
+    paths ('image_encoder/embedding/kernel'): replacement None leaves the matching
+    params at their fresh initialisation, a string reads them from that checkpoint
+    param (checkpoints.assign). E.g. only the ViT: (('(image_encoder/.*)', r'\1'),
+    (r'.*', None)). Ignored when resuming from MODEL_DIR.
   """
   path: Optional[str] = None
   mode: str = "latest"
   dtype: Optional[str] = None
   restore_dataset: bool = True
+  assignment_map: Optional[Sequence[Tuple[str, Optional[str]]]] = None
 
   def __post_init__(self):
     if self.mode not in ("latest", "specific"):
