@@ -68,3 +68,26 @@ def test_train_then_resume(tmp_path):
   assert "Resuming from checkpoint at step 2" in proc.stderr
   assert "step 3/3 | loss" in proc.stderr and "step 1/" not in proc.stderr
   assert os.path.isdir(os.path.join(model_dir, "checkpoints", "3", "state"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunable")
+def test_console_command_restarts_once_with_huge_page_malloc(monkeypatch):
+  """The console command re-executes itself with glibc's hugetlb malloc tunable, unless
+  GLIBC_TUNABLES is already set (the restarted process) or the user opts out."""
+  from vlpretrain import cli  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(os, "execve", lambda *args: calls.append(args))
+  monkeypatch.setattr(sys, "argv", ["/venv/bin/vlpretrain", "train", "--gin_file=x.gin"])
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.delenv(cli.HUGETLB_OPT_OUT, raising=False)
+  cli._reexec_with_huge_pages()  # pylint: disable=protected-access
+  [(exe, args, env)] = calls
+  assert exe == sys.executable
+  assert args == [sys.executable, "-m", "vlpretrain.cli", "train", "--gin_file=x.gin"]
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+  monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])
+  cli._reexec_with_huge_pages()  # pylint: disable=protected-access
+  monkeypatch.delenv("GLIBC_TUNABLES")
+  monkeypatch.setenv(cli.HUGETLB_OPT_OUT, "0")
+  cli._reexec_with_huge_pages()  # pylint: disable=protected-access
+  assert len(calls) == 1
