@@ -75,9 +75,10 @@ def register_task(data_dir: str) -> str:
 
 
 def tiny_model(model_cls=models.VLEncoderDecoderModel):
-  # gin/jar_tiny.gin's fusion at test size (GIN_SIZE_FLAGS give gin the same model).
+  # gin/jar_tiny.gin's stem and fusion at test size (GIN_SIZE_FLAGS give gin the same
+  # model).
   network = transformer.VLTransformer(
-      vit.vit_config("test/8", 64), t5.t5_config("test"),
+      vit.vit_config("test/8", 64, stem="conv"), t5.t5_config("test"),
       fusion.JAR(num_iterations=1, mlp="gated_gelu", resample_image=False,
                  resample_text=False))
   v = vocab.shapes_vocabulary()
