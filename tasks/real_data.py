@@ -30,6 +30,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import gin
 import seqio
 
+from vlpretrain import errors
 from vlpretrain.data import images
 from vlpretrain.data import vocab
 import tensorflow as tf  # After vlpretrain.data, which hides GPUs from it.
@@ -39,7 +40,7 @@ import tensorflow as tf  # After vlpretrain.data, which hides GPUs from it.
 def real_data_settings(image_size: int = 224) -> Dict[str, int]:
   """Settings of the real-data Tasks, read when a dataset is built (not at import)."""
   if image_size < 1:
-    raise ValueError(f"real_data_settings.image_size must be positive, got {image_size}.")
+    raise errors.ConfigError(f"real_data_settings.image_size must be positive, got {image_size}.")
   return {"image_size": image_size}
 
 
@@ -94,9 +95,10 @@ class LazySource(seqio.DataSource):
         with gin.config_scope(self.scope):
           self._built = self._factory()
       except (ValueError, FileNotFoundError) as e:
-        cls = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
-        raise cls(f"{e} [dataset '{self.scope}': bind it for this dataset only as "
-                      f"'{self.scope}/{self._binding}' in gin]") from e
+        cls = (errors.MissingPathError if isinstance(e, FileNotFoundError)
+               else errors.ConfigError)
+        raise cls(f"{errors.first_line(e)} [dataset '{self.scope}': bind it for this "
+                  f"dataset only as '{self.scope}/{self._binding}' in gin]") from e
       self._built_for = config
     return self._built
 

@@ -46,3 +46,20 @@ def test_filter_examples_skips_and_counts(caplog):
   assert counter.counts() == {"corrupt_image": 1, "empty_caption": 1}
   assert counter.total() == 2
   assert "k1" in caplog.text and "corrupt_image" in caplog.text
+
+
+def test_totals_add_up_every_counter_of_the_process():
+  before = bad_data.totals()
+  a, b = bad_data.SkipCounter("totals_a"), bad_data.SkipCounter("totals_a")
+  c = bad_data.SkipCounter("totals_c")
+  a.skip("corrupt_image", "x")
+  b.skip("corrupt_image", "y")
+  b.skip("empty_caption", "z")
+  c.skip("missing_image", "w")
+  after = bad_data.totals()
+  new = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+  assert new == {"totals_a/corrupt_image": 2, "totals_a/empty_caption": 1,
+                 "totals_c/missing_image": 1}
+  assert bad_data.summary(new) == ("4 skipped (totals_a/corrupt_image 2, "
+                                   "totals_a/empty_caption 1, totals_c/missing_image 1)")
+  assert bad_data.summary({}) == ""

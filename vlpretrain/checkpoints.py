@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from vlpretrain import errors
+
 STATE_ITEM = "state"
 
 
@@ -48,7 +50,7 @@ def required_path(path: Optional[str] = None,
   """`path`, or a clear error naming the gin macro that must be set (runs/finetune.gin:
   `utils.RestoreCheckpointConfig.path = @checkpoints.required_path()`)."""
   if not path or path is gin.REQUIRED:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{macro} is required: pass --gin.{macro}=/path/to/pretraining/MODEL_DIR/"
         "checkpoints (the run whose params to start from).")
   return path
@@ -57,7 +59,7 @@ def required_path(path: Optional[str] = None,
 def checkpoint_steps(directory: str) -> list[int]:
   """The finished checkpoint steps in a `MODEL_DIR/checkpoints` directory, ascending."""
   if not _isdir(directory):
-    raise FileNotFoundError(f"Checkpoint directory {directory!r} does not exist.")
+    raise errors.MissingPathError(f"Checkpoint directory {directory!r} does not exist.")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   with ocp.CheckpointManager(_abspath(directory), options=options) as manager:
     return sorted(int(s) for s in manager.all_steps())
@@ -86,33 +88,33 @@ def resolve(path: Optional[str], mode: str = "latest",
   mode='specific': `path` is one step directory (holding 'state').
   """
   if not path:
-    raise ValueError(
+    raise errors.ConfigError(
         "No checkpoint given: pass --gin.CHECKPOINT_PATH=/path/to/MODEL_DIR/checkpoints "
         "(mode 'latest') or a step directory such as .../checkpoints/1000 "
         "(utils.RestoreCheckpointConfig.mode='specific').")
   if mode not in MODES:
-    raise ValueError(f"utils.RestoreCheckpointConfig.mode={mode!r} is not supported; "
-                     f"use one of {list(MODES)}.")
+    raise errors.ConfigError(f"utils.RestoreCheckpointConfig.mode={mode!r} is not supported; "
+                             f"use one of {list(MODES)}.")
   path = _abspath(path).rstrip("/")
   if mode == "specific":
     if steps is not None:
-      raise ValueError("checkpoint steps were given with mode='specific' (one step "
-                       "directory): use mode='latest' with the checkpoints directory.")
+      raise errors.ConfigError("checkpoint steps were given with mode='specific' (one step "
+                               "directory): use mode='latest' with the checkpoints directory.")
     if not _isdir(os.path.join(path, STATE_ITEM)):
-      raise FileNotFoundError(
+      raise errors.MissingPathError(
           f"{path!r} is not a checkpoint step directory (it has no {STATE_ITEM!r}). "
           "With utils.RestoreCheckpointConfig.mode='specific' point CHECKPOINT_PATH at "
           "MODEL_DIR/checkpoints/<step>; or use mode='latest' with MODEL_DIR/checkpoints.")
     return [(path, step_dir_step(path))]
   directory = _manager_dir(path)
   if _isdir(os.path.join(directory, STATE_ITEM)):
-    raise ValueError(
+    raise errors.ConfigError(
         f"{directory!r} is a single step directory: use "
         "utils.RestoreCheckpointConfig.mode='specific' for it, or point the path at its "
         "parent (MODEL_DIR/checkpoints) for mode='latest'.")
   available = checkpoint_steps(directory)
   if not available:
-    raise FileNotFoundError(
+    raise errors.MissingPathError(
         f"{directory!r} holds no finished checkpoint steps. Point CHECKPOINT_PATH at a "
         "MODEL_DIR/checkpoints directory written by `vlpretrain train`.")
   if steps is None:
@@ -122,8 +124,8 @@ def resolve(path: Optional[str], mode: str = "latest",
   else:
     missing = sorted(set(int(s) for s in steps) - set(available))
     if missing:
-      raise FileNotFoundError(f"Checkpoint steps {missing} are not in {directory!r} "
-                              f"(it has {available}).")
+      raise errors.MissingPathError(f"Checkpoint steps {missing} are not in {directory!r} "
+                                    f"(it has {available}).")
     chosen = sorted(set(int(s) for s in steps))
   return [(os.path.join(directory, str(s)), s) for s in chosen]
 
@@ -184,8 +186,8 @@ def assign(abstract, assignment_map: Optional[Sequence[Tuple[str, Optional[str]]
   for pair in assignment_map:
     if len(pair) != 2 or not isinstance(pair[0], str) or not (
         pair[1] is None or isinstance(pair[1], str)):
-      raise ValueError(f"{binding}: each entry must be a (regex, replacement or None) "
-                       f"pair, got {pair!r}.")
+      raise errors.ConfigError(f"{binding}: each entry must be a (regex, replacement or None) "
+                               f"pair, got {pair!r}.")
   compiled = [(re.compile(pattern), pattern, replacement)
               for pattern, replacement in assignment_map]
   sources, used = {}, set()
@@ -199,9 +201,9 @@ def assign(abstract, assignment_map: Optional[Sequence[Tuple[str, Optional[str]]
   unused = [pattern for _, pattern, _ in compiled if pattern not in used]
   if unused:
     tops = sorted({path.split("/")[0] for path in paths})
-    raise ValueError(f"{binding}: the patterns {unused} match no param of the model "
-                     f"(its params are named like {paths[0]!r}; top-level modules: "
-                     f"{tops}).")
+    raise errors.ConfigError(f"{binding}: the patterns {unused} match no param of the model "
+                             f"(its params are named like {paths[0]!r}; top-level modules: "
+                             f"{tops}).")
   return sources
 
 
@@ -218,7 +220,7 @@ def restore_params(step_dir: str, abstract, shardings, dtype: Optional[str] = No
   """
   state_dir = os.path.join(_abspath(step_dir), STATE_ITEM)
   if not _isdir(state_dir):
-    raise FileNotFoundError(f"No checkpoint state at {state_dir!r}.")
+    raise errors.MissingPathError(f"No checkpoint state at {state_dir!r}.")
   sources = assign(abstract, assignment_map)
   targets = _target(abstract, shardings, dtype)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(targets)
@@ -233,12 +235,12 @@ def restore_params(step_dir: str, abstract, shardings, dtype: Optional[str] = No
     if source is None:
       continue
     if source not in stored:
-      raise ValueError(
+      raise errors.ConfigError(
           f"The checkpoint {step_dir!r} has no param {source!r} (for the model's "
           f"{name!r}): check that the model gin matches the one it was trained with, or "
           "map the param elsewhere with utils.RestoreCheckpointConfig.assignment_map.")
     if stored[source] != tuple(leaf.shape):
-      raise ValueError(
+      raise errors.ConfigError(
           f"Checkpoint {step_dir!r}: param {source!r} has shape {stored[source]}, the "
           f"model's {name!r} expects {tuple(leaf.shape)}: the model gin does not match "
           "the one the checkpoint was trained with.")

@@ -38,6 +38,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from vlpretrain import errors
 from vlpretrain import mixing
 
 TASK_ID = "task_id"
@@ -58,7 +59,7 @@ class DynamicMixture(seqio.Mixture):
     for task in self.tasks:
       n = task.num_input_examples(split)
       if n is None:
-        raise ValueError(
+        raise errors.ConfigError(
             f"Task {task.name!r} does not know its size for split {split!r} (its source "
             "has no num_input_examples), so the 'size' strategy cannot weigh it. Use "
             "dynamic_mixture.make_sampler.strategy = 'fixed' with explicit `rates`.")
@@ -108,16 +109,16 @@ def make_sampler(num_tasks: int,
   kwargs = {}
   if strategy == "size":
     if dataset_sizes is None:
-      raise ValueError("strategy='size' needs the tasks' dataset sizes.")
+      raise errors.ConfigError("strategy='size' needs the tasks' dataset sizes.")
     kwargs["sizes"] = dataset_sizes()
   if strategy == "fixed":
     if rates is None:
-      raise ValueError("strategy='fixed' needs rates: bind "
-                       "dynamic_mixture.make_sampler.rates = [one rate per task].")
+      raise errors.ConfigError("strategy='fixed' needs rates: bind "
+                               "dynamic_mixture.make_sampler.rates = [one rate per task].")
     kwargs["rates"] = rates
   elif rates is not None:
-    raise ValueError(f"dynamic_mixture.make_sampler.rates is set, but strategy is "
-                     f"{strategy!r}; rates are only read by strategy='fixed'.")
+    raise errors.ConfigError(f"dynamic_mixture.make_sampler.rates is set, but strategy is "
+                             f"{strategy!r}; rates are only read by strategy='fixed'.")
   return mixing.Sampler(num_tasks, strategy, window=window, min_per_task=min_per_task,
                         **kwargs)
 
@@ -181,14 +182,23 @@ class DynamicBatches:
   def num_tasks(self) -> int:
     return len(self.iterators)
 
+  @property
+  def batches_composed(self) -> int:
+    """Batches composed so far (every batch holds exactly global_batch_size examples)."""
+    return int(self.consumed.sum()) // self.global_batch_size
+
   def prefetch(self) -> None:
     """Starts composing the next batch from the sampler's current state."""
     if self._future is not None:
       raise RuntimeError("prefetch() called twice without next().")
     start = time.perf_counter()
-    self.last_weights = self.sampler.weights()
-    self.last_counts = self.sampler.counts(self.global_batch_size)
-    loss_weights = self.sampler.loss_weights()
+    # The index of the batch being composed. The sampler has seen the losses of one
+    # step fewer (the lag), so its own update count would be one behind from batch 1
+    # on: strategies that follow the step (round_robin) take the batch index.
+    step = self.batches_composed
+    self.last_weights = self.sampler.weights(step)
+    self.last_counts = self.sampler.counts(self.global_batch_size, step)
+    loss_weights = self.sampler.loss_weights(step)
     for h in range(self.num_shards):
       self.consumed[h] += host_counts(self.last_counts, h, self.num_shards)
     counts = host_counts(self.last_counts, self.shard_index, self.num_shards)
@@ -263,9 +273,10 @@ class DynamicBatches:
                                   if k not in ("unapplied", "consumed")})
     consumed = np.asarray(state["consumed"], np.int64)
     if consumed.shape != self.consumed.shape:
-      raise ValueError(f"The checkpoint's dynamic mixture state is for {consumed.shape[0]} "
-                       f"hosts and {consumed.shape[1]} tasks; this run has "
-                       f"{self.consumed.shape[0]} hosts and {self.consumed.shape[1]} tasks.")
+      raise errors.ConfigError(
+          f"The checkpoint's dynamic mixture state is for {consumed.shape[0]} hosts and "
+          f"{consumed.shape[1]} tasks; this run has {self.consumed.shape[0]} hosts and "
+          f"{self.consumed.shape[1]} tasks.")
     self.consumed = consumed
     unapplied = state.get("unapplied")
     self._unapplied = None if unapplied is None else tuple(

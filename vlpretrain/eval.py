@@ -27,12 +27,13 @@ from absl import logging
 from clu import metric_writers
 import gin
 import jax
-import tensorflow as tf
 
+from vlpretrain import errors
 from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import partitioning
 from vlpretrain import utils
+from vlpretrain.data import bad_data
 from vlpretrain.data import easy_vqa as easy_vqa_data
 
 MetricFn = inference.MetricFn
@@ -97,30 +98,32 @@ def evaluate(*,
   # Check the configuration before touching devices or data.
   inference.check_dataset_cfg(dataset_cfg, "eval_script.evaluate")
   if restore_checkpoint_cfg is None or not restore_checkpoint_cfg.path:
-    raise ValueError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
-                     "/path/to/MODEL_DIR/checkpoints (or a step directory with "
-                     "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
+    raise errors.ConfigError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
+                             "/path/to/MODEL_DIR/checkpoints (or a step directory with "
+                             "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
   if not output_dir:
-    raise ValueError("EVAL_OUTPUT_DIR is unset: pass --gin.EVAL_OUTPUT_DIR=/path/to/dir.")
+    raise errors.ConfigError("EVAL_OUTPUT_DIR is unset: pass --gin.EVAL_OUTPUT_DIR=/path/to/dir.")
   tasks = inference.tasks_of(dataset_cfg)
   extra_metric_fns = inference.check_extra_metric_fns(
       extra_metric_fns, tasks, "eval_script.evaluate.extra_metric_fns")
+  utils.check_writable_dir(output_dir, "EVAL_OUTPUT_DIR")
   inference.hide_gpus_from_tf()
   is_primary = jax.process_index() == 0
-  if is_primary:
-    tf.io.gfile.makedirs(output_dir)
-    if gin.config_str():
-      gin_utils.write_config(output_dir, "config.gin")
 
   generator = inference.Generator(model, partitioner, dataset_cfg.batch_size,
                                   log_every_s)
-  writer = metric_writers.create_default_writer(
-      output_dir, just_logging=not is_primary, asynchronous=False)
   history_path = os.path.join(output_dir, "metrics_history.json")
-  history = inference.read_json(history_path, {}) if is_primary else {}
-  result = None
+  result = writer = None
   for step_dir, step, params in generator.load_params(dataset_cfg, restore_checkpoint_cfg,
                                                       checkpoint_steps):
+    if writer is None:  # The checkpoint and the data load: now EVAL_OUTPUT_DIR is written.
+      if is_primary:
+        utils.make_output_dir(output_dir, "EVAL_OUTPUT_DIR")
+        if gin.config_str():
+          gin_utils.write_config(output_dir, "config.gin")
+      writer = metric_writers.create_default_writer(
+          output_dir, just_logging=not is_primary, asynchronous=False)
+      history = inference.read_json(history_path, {}) if is_primary else {}
     result = {"checkpoint": step_dir, "step": step, "split": dataset_cfg.split,
               "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "tasks": {}}
     scalars = {}
@@ -142,6 +145,9 @@ def evaluate(*,
       inference.write_json(history_path, history)
   writer.flush()
   writer.close()
+  skipped = bad_data.totals()
+  if skipped:
+    logging.info("Input: %s.", bad_data.summary(skipped))
   return result
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlpretrain import checkpoints
+from vlpretrain import errors
 from vlpretrain import gin_utils
 from vlpretrain import utils
 
@@ -44,7 +45,7 @@ SERVE_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_serv
 def _sp_model_bytes(vocabulary, which: str) -> bytes:
   sp_model = getattr(vocabulary, "sp_model", None)
   if not sp_model:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The model's {which} vocabulary ({type(vocabulary).__name__}) is not a "
         "SentencePiece vocabulary: the serving artifact tokenises with SentencePiece.")
   return sp_model
@@ -74,14 +75,20 @@ def export(*,
     max_image_bytes, max_image_pixels: requests above these are rejected.
   """
   if restore_checkpoint_cfg is None or not restore_checkpoint_cfg.path:
-    raise ValueError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
-                     "/path/to/MODEL_DIR/checkpoints (or a step directory with "
-                     "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
+    raise errors.ConfigError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
+                             "/path/to/MODEL_DIR/checkpoints (or a step directory with "
+                             "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
   if not output_dir:
-    raise ValueError("EXPORT_DIR is unset: pass --gin.EXPORT_DIR=/path/to/artifact.")
+    raise errors.ConfigError("EXPORT_DIR is unset: pass --gin.EXPORT_DIR=/path/to/artifact.")
   if not task_feature_lengths or not {"inputs", "targets"} <= set(task_feature_lengths):
-    raise ValueError("TASK_FEATURE_LENGTHS must give 'inputs' and 'targets', e.g. "
-                     "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 24, 'targets': 4}\".")
+    raise errors.ConfigError("TASK_FEATURE_LENGTHS must give 'inputs' and 'targets', e.g. "
+                             "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 24, 'targets': 4}\".")
+  output_dir = os.path.abspath(output_dir)
+  utils.check_writable_dir(output_dir, "EXPORT_DIR")
+  if os.path.isdir(output_dir) and os.listdir(output_dir) and not os.path.exists(
+      os.path.join(output_dir, "config.json")):
+    raise errors.ConfigError(f"EXPORT_DIR {output_dir!r} exists and is not an export "
+                             "artifact: choose an empty or new directory.")
   if image_size is None:
     image_size = model.module.vit_config.image_size
   input_len, target_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
@@ -113,7 +120,6 @@ def export(*,
   exported = jax.export.export(jax.jit(serving_fn), platforms=tuple(platforms))(*args)
 
   # Write into a fresh directory, then move it into place.
-  output_dir = os.path.abspath(output_dir)
   tmp = output_dir.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -146,9 +152,6 @@ def export(*,
     json.dump(config, f, indent=2)
     f.write("\n")
   if os.path.isdir(output_dir):
-    if not os.path.exists(os.path.join(output_dir, "config.json")):
-      raise FileExistsError(f"EXPORT_DIR {output_dir!r} exists and is not an export "
-                            "artifact: choose an empty or new directory.")
     shutil.rmtree(output_dir)
   os.replace(tmp, output_dir)
   logging.info("Exported step %s to %s (%d params, %.1f MB).", step, output_dir,

@@ -4,6 +4,8 @@
         --gin.TRAIN_STEPS=100 --gin_bindings="utils.SaveCheckpointConfig.period = 50"
 """
 import ast
+import difflib
+import importlib.util
 import logging as pylogging
 import os
 import re
@@ -14,8 +16,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import gin
+import gin.resource_reader
 
 import vlpretrain
+from vlpretrain import errors
 
 # The repository's gin/ directory: always searched, so `include 'runs/pretrain.gin'` and
 # `--gin_file=jar_tiny.gin` resolve from anywhere.
@@ -94,6 +98,80 @@ def _hide_path_not_found(record: pylogging.LogRecord) -> bool:
   return not str(record.msg).startswith(("Path not found", "system_path_file_exists"))
 
 
+# -----------------------------------------------------------------------------
+# Where gin files are found. gin tries each search path (first '', the working
+# directory) with two readers: a plain file, then a "system path" reader that takes the
+# include's directory as a Python package (`include 'runs/pretrain.gin'` -> package
+# `runs`). gin 0.5.0's reader raises TypeError when that name is a namespace package, i.e.
+# any folder without __init__.py on sys.path: a `runs/` folder in the working directory
+# (the default MODEL_DIR of the tiny configs) broke every later include of
+# 'runs/*.gin'. vlpretrain replaces that reader's existence check with one that answers
+# False for a name that is not a regular package, so the search goes on to the next
+# path (the repository's gin/ directory is always searched). Nothing a run writes can
+# then change how the project's own gin files resolve. gin keeps its readers in a
+# private list and has no call to replace one, hence the list edit.
+# -----------------------------------------------------------------------------
+def _package_file_exists(config_path: str) -> bool:
+  """gin's system-path check, False for namespace packages (folders, not packages)."""
+  head, filename = os.path.split(config_path)
+  try:
+    spec = importlib.util.find_spec(head.replace("/", "."))
+  except (ImportError, ValueError):
+    return False
+  if spec is None or not spec.origin or not spec.has_location:
+    return False  # Not a package, or a namespace package: nothing gin could open.
+  return os.path.isfile(os.path.join(os.path.dirname(spec.origin), filename))
+
+
+def _use_safe_package_reader() -> None:
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for i, (reader, exists) in enumerate(readers):
+    if exists is gin.resource_reader.system_path_file_exists:
+      readers[i] = (reader, _package_file_exists)
+
+
+_use_safe_package_reader()
+
+
+# -----------------------------------------------------------------------------
+# Macro bindings must name a macro that a parsed gin file defines.
+# -----------------------------------------------------------------------------
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+_MACRO_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = ", re.MULTILINE)
+
+
+def _defined_macros() -> list[str]:
+  """The macros bound so far (gin has no call listing them; its config_str does)."""
+  return sorted(set(_MACRO_LINE.findall(gin.config_str())))
+
+
+def check_macro_bindings(bindings: Sequence[str]) -> None:
+  """Raises ConfigError for a `NAME = value` binding whose macro no gin file defines.
+
+  gin would silently define a new macro that nothing reads (`--gin.TRAIN_STEPSS=10`
+  trains for the default TRAIN_STEPS), so every macro binding must override one.
+  """
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    if not match:
+      continue
+    name = match.group(1)
+    try:
+      gin.query_parameter(f"{name}/gin.macro.value")
+    except ValueError:
+      close = difflib.get_close_matches(name, _defined_macros(), n=1)
+      hint = (f"did you mean {close[0]}?" if close else
+              "define it in a gin file first.")
+      raise errors.ConfigError(
+          f"Gin macro {name} (binding {binding.strip()!r}) is not defined by any of the "
+          f"gin files: {hint}") from None
+
+
+def _one_line(error: BaseException) -> str:
+  """gin's message with the location it appends ("In file ... line N") on one line."""
+  return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def parse_gin_flags(gin_search_paths: Sequence[str],
                     gin_files: Sequence[str],
                     gin_bindings: Sequence[str],
@@ -115,10 +193,22 @@ def parse_gin_flags(gin_search_paths: Sequence[str],
   # in; hide those (a file found nowhere still raises).
   gin_logger = pylogging.getLogger()
   gin_logger.addFilter(_hide_path_not_found)
+  bindings = [_resolve_aliases(b) for b in gin_bindings]
   try:
-    gin.parse_config_files_and_bindings(gin_files,
-                                        [_resolve_aliases(b) for b in gin_bindings],
-                                        finalize_config=finalize_config)
+    for gin_file in gin_files:
+      gin.parse_config_file(gin_file)
+    check_macro_bindings(bindings)
+    gin.parse_config(bindings)
+    if finalize_config:
+      gin.finalize()
+  except errors.UserError:
+    raise
+  except IOError as e:  # gin's "Unable to open file: ...".
+    raise errors.MissingPathError(
+        f"{errors.first_line(e)} Give a path relative to the working directory, one of "
+        "--gin_search_paths, or the repository's gin/ directory.") from e
+  except (ValueError, ImportError) as e:  # Unknown configurable, parameter or module.
+    raise errors.ConfigError(f"Gin: {_one_line(e)}") from e
   finally:
     gin_logger.removeFilter(_hide_path_not_found)
   logging.info("Gin files: %s; bindings: %s", list(gin_files), list(gin_bindings))
@@ -160,11 +250,63 @@ def gin_main(entry: Callable[[], Any], multiprocess: bool = True
   return main
 
 
+# -----------------------------------------------------------------------------
+# Console output: our INFO lines, everyone's warnings, user errors as one line.
+# -----------------------------------------------------------------------------
+_OWN_CODE = (os.path.dirname(vlpretrain.__file__),
+             os.path.normpath(os.path.join(os.path.dirname(vlpretrain.__file__), "..",
+                                           "tools")))
+
+
+def verbose() -> bool:
+  """absl's --verbosity (-v) >= 1: show the libraries' INFO lines and tracebacks."""
+  return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
+
+
+class _OwnInfoOnly(pylogging.Filter):
+  """Keeps INFO lines of vlpretrain's code and tools, and every warning and error.
+
+  Hidden: the libraries' INFO lines a CPU user sees on every command (jax probing for
+  a TPU, orbax's dozens of lines per save and restore, TensorFlow's "Sharding callback
+  duration"). `--verbosity=1` shows them.
+  """
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    if record.levelno > pylogging.INFO or verbose():
+      return True
+    path = os.path.normpath(record.pathname or "")
+    return path.startswith(_OWN_CODE) or record.name == "__main__"
+
+
+def quiet_library_logs() -> None:
+  """Installs `_OwnInfoOnly` on absl's handler (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+    handler.addFilter(_OwnInfoOnly())
+
+
 def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = None):
-  """`absl.app.run(main)` that understands `--gin.NAME=VALUE`."""
+  """`absl.app.run(main)` that understands `--gin.NAME=VALUE`.
+
+  A `vlpretrain.errors.UserError` (a bad binding, path or name) is printed as one line
+  on stderr, "<program>: error: <message>", and the process exits with code 2; with
+  --verbosity=1 it keeps its traceback.
+  """
   argv = list(sys.argv if argv is None else argv)
   # `--help` lists the flags of the module named sys.argv[0]: make that ours.
   sys.argv[:1] = argv[:1]
   for flag in flags.FLAGS.get_flags_for_module(__name__):
     flags.FLAGS.register_key_flag_for_module(argv[0], flag)
-  app.run(main, argv=rewrite_gin_args(argv))
+
+  def main_reporting_user_errors(args):
+    quiet_library_logs()
+    try:
+      main(args)
+    except errors.UserError as e:
+      if verbose():
+        raise
+      logging.flush()
+      print(f"{argv[0]}: error: {errors.first_line(e)}", file=sys.stderr, flush=True)
+      sys.exit(2)
+
+  app.run(main_reporting_user_errors, argv=rewrite_gin_args(argv))

@@ -16,12 +16,13 @@ import os
 from absl import logging
 import gin
 import jax
-import tensorflow as tf
 
+from vlpretrain import errors
 from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import partitioning
 from vlpretrain import utils
+from vlpretrain.data import bad_data
 
 
 @gin.configurable
@@ -35,20 +36,21 @@ def infer(*,
   """Writes the predictions of each Task of `dataset_cfg`; returns {task: jsonl path}."""
   inference.check_dataset_cfg(dataset_cfg, "infer_script.infer")
   if restore_checkpoint_cfg is None or not restore_checkpoint_cfg.path:
-    raise ValueError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
-                     "/path/to/MODEL_DIR/checkpoints (or a step directory with "
-                     "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
+    raise errors.ConfigError("CHECKPOINT_PATH is unset: pass --gin.CHECKPOINT_PATH="
+                             "/path/to/MODEL_DIR/checkpoints (or a step directory with "
+                             "--gin.utils.RestoreCheckpointConfig.mode=\"'specific'\").")
   if not output_dir:
-    raise ValueError("INFER_OUTPUT_DIR is unset: pass --gin.INFER_OUTPUT_DIR=/path/to/dir.")
+    raise errors.ConfigError("INFER_OUTPUT_DIR is unset: pass --gin.INFER_OUTPUT_DIR=/path/to/dir.")
+  utils.check_writable_dir(output_dir, "INFER_OUTPUT_DIR")
   inference.hide_gpus_from_tf()
   is_primary = jax.process_index() == 0
-  if is_primary:
-    tf.io.gfile.makedirs(output_dir)
-    if gin.config_str():
-      gin_utils.write_config(output_dir, "config.gin")
   generator = inference.Generator(model, partitioner, dataset_cfg.batch_size,
                                   log_every_s)
   _, step, params = next(iter(generator.load_params(dataset_cfg, restore_checkpoint_cfg)))
+  if is_primary:  # The checkpoint and the data load: now INFER_OUTPUT_DIR is written.
+    utils.make_output_dir(output_dir, "INFER_OUTPUT_DIR")
+    if gin.config_str():
+      gin_utils.write_config(output_dir, "config.gin")
   paths = {}
   for task in inference.tasks_of(dataset_cfg):
     preds = generator.predict_task(params, task, dataset_cfg)
@@ -59,6 +61,9 @@ def infer(*,
       logging.info("Wrote %d predictions of %s [%s] to %s.", n, task.name,
                    dataset_cfg.split, path)
     paths[task.name] = path
+  skipped = bad_data.totals()
+  if skipped:
+    logging.info("Input: %s.", bad_data.summary(skipped))
   return paths
 
 

@@ -33,6 +33,7 @@ import seqio
 import tensorflow as tf
 
 from vlpretrain import checkpoints
+from vlpretrain import errors
 from vlpretrain import partitioning
 from vlpretrain import utils
 
@@ -168,14 +169,18 @@ class Generator:
   def load_params(self, cfg: utils.DatasetConfig,
                   restore_cfg: utils.RestoreCheckpointConfig,
                   steps: Optional[Sequence[int]] = None):
-    """Yields (step_dir, step, params) for each checkpoint to evaluate, in step order."""
+    """Yields (step_dir, step, params) for each checkpoint to evaluate, in step order.
+
+    The checkpoint paths are checked first, then the data, before any params are read.
+    """
+    chosen = checkpoints.resolve(restore_cfg.path, restore_cfg.mode, steps)
     element_spec = self._model_dataset(tasks_of(cfg)[0], cfg).element_spec
     shapes = {k: (self.partitioner.data_axis_size,) + tuple(element_spec[k].shape[1:])
               for k in PREDICT_FEATURES}
     types = {k: element_spec[k].dtype.as_numpy_dtype for k in PREDICT_FEATURES}
     abstract, shardings = checkpoints.abstract_params(self.model, shapes, types,
                                                       self.partitioner)
-    for step_dir, step in checkpoints.resolve(restore_cfg.path, restore_cfg.mode, steps):
+    for step_dir, step in chosen:
       yield step_dir, step, checkpoints.restore_params(step_dir, abstract, shardings,
                                                        restore_cfg.dtype)
 
@@ -233,7 +238,7 @@ class Generator:
           f"{task.name}: the model dataset gave {sum(len(t) for t in tokens)} examples "
           f"but the task dataset {len(examples)}: is a preprocessor nondeterministic?")
     if not examples:
-      raise ValueError(f"Split {cfg.split!r} of task {task.name!r} has no examples.")
+      raise errors.ConfigError(f"Split {cfg.split!r} of task {task.name!r} has no examples.")
     tokens = np.concatenate(tokens)
     vocab = task.output_features["targets"].vocabulary
     predictions = [vocab.decode(row.tolist()) for row in tokens]
@@ -277,8 +282,8 @@ def check_extra_metric_fns(extra_metric_fns: Optional[Mapping[str, Sequence[Metr
   extra_metric_fns = dict(extra_metric_fns or {})
   unknown = sorted(set(extra_metric_fns) - {t.name for t in tasks})
   if unknown:
-    raise ValueError(f"{binding} names {unknown}, which are not among the evaluated "
-                     f"tasks {[t.name for t in tasks]}.")
+    raise errors.ConfigError(f"{binding} names {unknown}, which are not among the evaluated "
+                             f"tasks {[t.name for t in tasks]}.")
   return extra_metric_fns
 
 
@@ -373,18 +378,18 @@ def output_name(task_name: str, split: str, step: Optional[int]) -> str:
 
 def check_dataset_cfg(cfg: Optional[utils.DatasetConfig], what: str) -> None:
   if cfg is None:
-    raise ValueError(f"{what}.dataset_cfg is unset: bind it to @utils.DatasetConfig() "
-                     f"(runs/{what.split('.')[0].replace('_script', '')}.gin does).")
+    raise errors.ConfigError(f"{what}.dataset_cfg is unset: bind it to @utils.DatasetConfig() "
+                             f"(runs/{what.split('.')[0].replace('_script', '')}.gin does).")
   if not cfg.mixture_or_task_name:
-    raise ValueError(
+    raise errors.ConfigError(
         "MIXTURE_OR_TASK_NAME is unset: pass --gin.MIXTURE_OR_TASK_NAME=\"'<name>'\" "
         "(e.g. 'easy_vqa') or bind it in your gin file.")
   if not cfg.task_feature_lengths:
-    raise ValueError("TASK_FEATURE_LENGTHS is unset: pass e.g. "
-                     "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 32, 'targets': 8}\".")
+    raise errors.ConfigError("TASK_FEATURE_LENGTHS is unset: pass e.g. "
+                             "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 32, 'targets': 8}\".")
   if cfg.shuffle:
-    raise ValueError(f"{what}: the dataset config has shuffle=True; evaluation and "
-                     "inference read each split once, in order (set shuffle = False).")
+    raise errors.ConfigError(f"{what}: the dataset config has shuffle=True; evaluation and "
+                             "inference read each split once, in order (set shuffle = False).")
 
 
 def hide_gpus_from_tf() -> None:

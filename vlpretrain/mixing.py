@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vlpretrain import errors
+
 
 def _check_vector(name, x, length=None):
   """`x` as a float64 1-D array of finite, non-negative values, or a ValueError naming it."""
@@ -64,8 +66,8 @@ def batch_counts(weights, batch_size: int, min_per_task: int = 4) -> np.ndarray:
   min_per_task = _check_int("min_per_task", min_per_task, 0)
   num_tasks = w.size
   if batch_size < num_tasks * min_per_task:
-    raise ValueError(f"batch_size={batch_size} is smaller than {num_tasks} tasks x "
-                     f"min_per_task={min_per_task} = {num_tasks * min_per_task}.")
+    raise errors.ConfigError(f"batch_size={batch_size} is smaller than {num_tasks} tasks x "
+                             f"min_per_task={min_per_task} = {num_tasks * min_per_task}.")
   rest = batch_size - num_tasks * min_per_task
   quota = rest * w
   counts = np.floor(quota).astype(np.int64)
@@ -239,7 +241,7 @@ STRATEGIES = {"difficulty": Difficulty, "uniform": Uniform, "size": Size, "fixed
 def make_strategy(name: str, **kwargs) -> Strategy:
   """The strategy registered as `name`, e.g. `make_strategy("size", sizes=[...])`."""
   if name not in STRATEGIES:
-    raise ValueError(f"Unknown `strategy` {name!r}; choose one of {sorted(STRATEGIES)}.")
+    raise errors.ConfigError(f"Unknown `strategy` {name!r}; choose one of {sorted(STRATEGIES)}.")
   return STRATEGIES[name](**kwargs)
 
 
@@ -270,14 +272,17 @@ class Sampler:
     """One train step's per-task loss sums and token counts (length-T arrays, unweighted)."""
     self.tracker.update(task_loss_sums, task_token_counts)
 
-  def weights(self) -> np.ndarray:
-    return self.strategy.weights(self.tracker, self.step)
+  def weights(self, step: Optional[int] = None) -> np.ndarray:
+    """The strategy's weights for batch `step` (default: `self.step`, the number of
+    updates; a trainer whose losses arrive a step late passes the batch index)."""
+    return self.strategy.weights(self.tracker, self.step if step is None else step)
 
-  def loss_weights(self) -> np.ndarray:
-    return self.strategy.loss_weights(self.tracker, self.step)
+  def loss_weights(self, step: Optional[int] = None) -> np.ndarray:
+    return self.strategy.loss_weights(self.tracker, self.step if step is None else step)
 
-  def counts(self, batch_size: int) -> np.ndarray:
-    return self.strategy.counts(self.tracker, self.step, batch_size, self.min_per_task)
+  def counts(self, batch_size: int, step: Optional[int] = None) -> np.ndarray:
+    return self.strategy.counts(self.tracker, self.step if step is None else step,
+                                batch_size, self.min_per_task)
 
   def state_dict(self) -> dict:
     """Plain numpy arrays and an int (copies), for an orbax checkpoint."""

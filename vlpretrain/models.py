@@ -15,6 +15,7 @@ import numpy as np
 import seqio
 
 from vlpretrain import decoding
+from vlpretrain import errors
 from vlpretrain.data import features
 from vlpretrain.network import t5
 
@@ -64,7 +65,7 @@ class VLEncoderDecoderModel:
                default_decoder_params: Optional[Mapping[str, Any]] = None):
     if module.t5_config.vocab_size is None:
       if input_vocabulary.vocab_size != output_vocabulary.vocab_size:
-        raise ValueError(
+        raise errors.ConfigError(
             "Input and output vocabularies differ in size "
             f"({input_vocabulary.vocab_size} vs {output_vocabulary.vocab_size}) but "
             "share one embedding: use the same vocabulary for both.")
@@ -103,7 +104,7 @@ class VLEncoderDecoderModel:
   def _check_vocabulary(self):
     needed = self.output_vocabulary.vocab_size
     if self.module.t5_config.vocab_size < needed:
-      raise ValueError(
+      raise errors.ConfigError(
           f"t5_config.vocab_size={self.module.t5_config.vocab_size} is smaller than the "
           f"vocabulary ({needed} ids): fix the gin binding t5.t5_config.vocab_size or "
           "leave it unset to derive it.")

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import seqio
 
+from vlpretrain import errors
+
 LogicalAxisRules = Sequence[tuple[str, Optional[str]]]
 DATA_AXIS, MODEL_AXIS = "data", "model"
 
@@ -82,7 +84,7 @@ class PjitPartitioner:
     if model_parallel_submesh is not None:
       submesh_size = math.prod(model_parallel_submesh)
       if num_partitions not in (None, 1, submesh_size):
-        raise ValueError(
+        raise errors.ConfigError(
             f"PjitPartitioner: num_partitions={num_partitions} disagrees with "
             f"model_parallel_submesh={tuple(model_parallel_submesh)} (product "
             f"{submesh_size}). Set only one of them.")
@@ -90,7 +92,7 @@ class PjitPartitioner:
     num_partitions = num_partitions or 1
     num_devices = jax.device_count()
     if num_devices % num_partitions:
-      raise ValueError(
+      raise errors.ConfigError(
           f"PjitPartitioner.num_partitions={num_partitions} does not divide the "
           f"{num_devices} available devices. Bind "
           f"--gin.partitioning.PjitPartitioner.num_partitions to a divisor of "
@@ -117,7 +119,7 @@ class PjitPartitioner:
   def check_batch_size(self, global_batch_size: int) -> None:
     """Raises if the global batch cannot be split over hosts and the data axis."""
     if global_batch_size % self.data_axis_size or global_batch_size % jax.process_count():
-      raise ValueError(
+      raise errors.ConfigError(
           f"Batch size {global_batch_size} must be divisible by the data-parallel "
           f"mesh size {self.data_axis_size} and the number of processes "
           f"{jax.process_count()}. Change --gin.BATCH_SIZE or "

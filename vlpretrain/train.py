@@ -18,7 +18,6 @@ the code path of `vlpretrain eval`, MODEL_DIR/inference_eval).
 import dataclasses
 import functools
 import json
-import logging as pylogging
 import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -37,10 +36,12 @@ import tensorflow as tf
 
 from vlpretrain import checkpoints
 from vlpretrain import dynamic_mixture
+from vlpretrain import errors
 from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import partitioning
 from vlpretrain import utils
+from vlpretrain.data import bad_data
 
 # Model-input features whose shapes `get_initial_variables` needs.
 _INIT_FEATURES = ("image", "encoder_input_tokens", "decoder_input_tokens")
@@ -80,7 +81,7 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
   def restore(self, directory, args: "DatasetIteratorArgs"):
     prefix = _iterator_prefix(directory)
     if not tf.io.gfile.exists(prefix + ".index"):
-      raise FileNotFoundError(
+      raise errors.MissingPathError(
           f"No data iterator state for process {jax.process_index()} of "
           f"{jax.process_count()} in {directory}: the checkpoint was written with a "
           "different number of hosts. Resume with the same number of hosts, or set "
@@ -235,28 +236,30 @@ def train(*,
   Returns:
     (final step, final train state dict with 'step', 'params', 'opt_state').
   """
+  t_start = time.time()
   # ---------------------------------------------------------------------------
   # Check the configuration before touching devices or data.
   # ---------------------------------------------------------------------------
   if not train_dataset_cfg.mixture_or_task_name:
-    raise ValueError(
+    raise errors.ConfigError(
         "MIXTURE_OR_TASK_NAME is unset: pass --gin.MIXTURE_OR_TASK_NAME=\"'<name>'\" "
         "(e.g. 'shapes_cap') or bind it in your gin file.")
   if not train_dataset_cfg.task_feature_lengths:
-    raise ValueError(
+    raise errors.ConfigError(
         "TASK_FEATURE_LENGTHS is unset: pass e.g. "
         "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 32, 'targets': 32}\".")
   if optimizer is None:
-    raise ValueError("train.optimizer is unset: bind train_script.train.optimizer = "
-                     "@optimizers.adamw() (runs/pretrain.gin does).")
+    raise errors.ConfigError("train.optimizer is unset: bind train_script.train.optimizer = "
+                             "@optimizers.adamw() (runs/pretrain.gin does).")
   if not model_dir:
-    raise ValueError("MODEL_DIR is empty: pass --gin.MODEL_DIR=/path/to/run.")
+    raise errors.ConfigError("MODEL_DIR is empty: pass --gin.MODEL_DIR=/path/to/run.")
+  utils.check_writable_dir(model_dir, "MODEL_DIR")
   infer_eval_tasks = []
   if infer_eval_dataset_cfg:
     if not hasattr(model, "predict_batch_with_aux"):
-      raise ValueError(f"train_script.train.infer_eval_dataset_cfg is set, but the model "
-                       f"({type(model).__name__}) has no predict_batch_with_aux to "
-                       "decode with: set it to None.")
+      raise errors.ConfigError(f"train_script.train.infer_eval_dataset_cfg is set, but the model "
+                               f"({type(model).__name__}) has no predict_batch_with_aux to "
+                               "decode with: set it to None.")
     inference.check_dataset_cfg(infer_eval_dataset_cfg,
                                 "train_script.train.infer_eval_dataset_cfg")
     infer_eval_tasks = inference.tasks_of(infer_eval_dataset_cfg)
@@ -277,10 +280,6 @@ def train(*,
   except RuntimeError:  # TF already initialised its devices (e.g. a second run).
     pass
   is_primary = jax.process_index() == 0
-  if is_primary:
-    os.makedirs(model_dir, exist_ok=True)
-    if gin.config_str():
-      gin_utils.write_config(model_dir)
 
   # ---------------------------------------------------------------------------
   # Mesh.
@@ -292,14 +291,15 @@ def train(*,
   partitioner.check_batch_size(global_batch_size)
 
   # ---------------------------------------------------------------------------
-  # Checkpoint manager. Looked at before building the input pipeline, because a
-  # checkpoint without data iterator state means the pipeline must skip batches.
+  # Checkpoints to resume from. Looked at before building the input pipeline, because
+  # a checkpoint without data iterator state means the pipeline must skip batches.
+  # Nothing is written to MODEL_DIR until the data and the model are known to build.
   # ---------------------------------------------------------------------------
   ckpt_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
-  manager = ocp.CheckpointManager(
-      ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=save_cfg.keep,
-                                                     create=True))
-  resume_step = manager.latest_step()
+  manager = resume_step = None
+  if tf.io.gfile.isdir(ckpt_dir):
+    manager = _checkpoint_manager(ckpt_dir, save_cfg)
+    resume_step = manager.latest_step()
   resume_data = resume_step is not None and restore_cfg.restore_dataset
   has_data_state = (resume_step is not None and
                     (manager.directory / str(resume_step) / "dataset").exists())
@@ -352,8 +352,8 @@ def train(*,
         "seed, but slower to restart).", ", ".join(sorted(unsaveable)))
   for name in _INIT_FEATURES:
     if name not in example_spec:
-      raise ValueError(f"The feature converter {feature_converter_cls.__name__} gives "
-                       f"no {name!r} feature (it gives {sorted(example_spec)}).")
+      raise errors.ConfigError(f"The feature converter {feature_converter_cls.__name__} gives "
+                               f"no {name!r} feature (it gives {sorted(example_spec)}).")
   task_names = (_task_names(provider) if dynamic_mixture.TASK_ID in example_spec
                 else None)
 
@@ -448,6 +448,14 @@ def train(*,
       state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
   start_step = int(jax.device_get(state["step"]))
 
+  # The data, the model and the state build: now MODEL_DIR is written.
+  if is_primary:
+    utils.make_output_dir(model_dir, "MODEL_DIR")
+    if gin.config_str():
+      gin_utils.write_config(model_dir)
+  if manager is None:
+    manager = _checkpoint_manager(ckpt_dir, save_cfg)
+
   # ---------------------------------------------------------------------------
   # Train step: grad of the model's loss, optax update; state donated.
   # ---------------------------------------------------------------------------
@@ -486,9 +494,9 @@ def train(*,
     results = [p_eval_step(params, partitioner.shard_batch(b))
                for b in ds.as_numpy_iterator()]
     if not results:
-      raise ValueError(f"train_eval dataset {train_eval_dataset_cfg.split!r} of "
-                       f"{train_eval_dataset_cfg.mixture_or_task_name!r} gave no "
-                       "full batch: lower its batch_size.")
+      raise errors.ConfigError(f"train_eval dataset {train_eval_dataset_cfg.split!r} of "
+                               f"{train_eval_dataset_cfg.mixture_or_task_name!r} gave no "
+                               "full batch: lower its batch_size.")
     return {k: float(np.mean([r[k] for r in jax.device_get(results)]))
             for k in results[0]}
 
@@ -510,6 +518,8 @@ def train(*,
       if is_primary and train_eval_dataset_cfg else [])
   sampling_log = (open(os.path.join(model_dir, "sampling.jsonl"), "a")  # pylint: disable=consider-using-with
                   if is_primary and batches is not None else None)
+  if is_primary and gin.config_str():  # The operative config, as t5x shows it.
+    writer.write_texts(start_step, {"config": gin.markdown(gin.config_str())})
   if start_step >= total_steps:
     logging.info("Checkpoint step %d >= TRAIN_STEPS=%d: nothing to train.",
                  start_step, total_steps)
@@ -519,12 +529,17 @@ def train(*,
     batch_seconds = 0.0  # Training thread's time getting batches since the last log.
     t_log, step_log = time.time(), start_step
     step = start_step
+    compiled_step, summary = None, {}
     while step < total_steps:
       t_batch = time.perf_counter()
       host_batch = (batches.next() if batches is not None else
                     jax.tree.map(lambda t: t.numpy(), next(train_iter)))
       batch_seconds += time.perf_counter() - t_batch
-      state, metrics = p_train_step(state, partitioner.shard_batch(host_batch))
+      device_batch = partitioner.shard_batch(host_batch)
+      if compiled_step is None:
+        compiled_step = _compile("train step", p_train_step, state, device_batch)
+        t_log = time.time()
+      state, metrics = compiled_step(state, device_batch)
       step += 1
       if batches is not None:  # Applies step-1's losses; keeps this step's.
         batches.record(metrics["task_loss_sum"], metrics["task_token_count"])
@@ -550,13 +565,15 @@ def train(*,
         summary["timing/batch_ms_per_step"] = 1e3 * batch_seconds / period_steps
         summary["timing/step_ms"] = 1e3 / max(steps_per_s, 1e-9)
         batch_seconds = 0.0
+        skipped = bad_data.totals()
+        summary.update({f"skipped/{k}": float(v) for k, v in skipped.items()})
         if batches is not None:
           for k, v in batches.pop_timings().items():
             summary[f"timing/{k}_ms_per_step"] = 1e3 * v / period_steps
           summary.update(_sampling_summary(step, batches, task_names, summary,
                                            sampling_log))
         writer.write_scalars(step, summary)
-        logging.info(_log_line(step, total_steps, summary, task_names))
+        logging.info(_log_line(step, total_steps, summary, task_names, skipped))
 
       eval_due = step % eval_period == 0 or step == total_steps
       if train_eval_dataset_cfg and eval_due:
@@ -590,7 +607,27 @@ def train(*,
     batches.close()
   if sampling_log is not None:
     sampling_log.close()
+  logging.info(
+      "Done: steps %d-%d of %d in %s%s; checkpoints in %s (latest %d).%s", start_step,
+      step, total_steps, _format_duration(time.time() - t_start),
+      f", final loss {summary['loss']:.4f}" if "loss" in summary else "", ckpt_dir,
+      step, f" {bad_data.summary(bad_data.totals())}." if bad_data.totals() else "")
   return step, state
+
+
+def _compile(what: str, jitted, *args):
+  """Compiles `jitted` for `args` ahead of time, logging when it starts and its time."""
+  logging.info("Compiling the %s ...", what)
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  logging.info("Compiled the %s in %.1f s.", what, time.perf_counter() - start)
+  return compiled
+
+
+def _checkpoint_manager(ckpt_dir: str, save_cfg) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=save_cfg.keep,
+                                                     create=True))
 
 
 def _data_iterators(train_iter, batches):
@@ -655,7 +692,7 @@ def _summarize(per_step: Sequence[Mapping[str, Any]], task_names) -> dict[str, f
   return summary
 
 
-def _log_line(step, total_steps, summary, task_names) -> str:
+def _log_line(step, total_steps, summary, task_names, skipped=None) -> str:
   eta = (total_steps - step) / max(summary["steps_per_sec"], 1e-9)
   parts = [f"step {step}/{total_steps}", f"loss {summary['loss']:.4f}",
            f"lr {summary['learning_rate']:.3g}", f"{summary['steps_per_sec']:.2f} steps/s",
@@ -663,20 +700,13 @@ def _log_line(step, total_steps, summary, task_names) -> str:
   if task_names:
     parts.append(" ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in summary.items()
                           if k.startswith("task_loss/")))
+  if skipped:
+    parts.append(bad_data.summary(skipped))
   return " | ".join(parts)
 
 
-class _QuietOrbaxInfo(pylogging.Filter):
-  """Drops orbax's many INFO lines from the console, so our one line per period shows."""
-
-  def filter(self, record):
-    return record.levelno > pylogging.INFO or "/orbax/" not in record.pathname
-
-
-def main(argv: Sequence[str]) -> None:
-  """absl main: parse the gin flags, then `train()` with everything bound by gin."""
-  logging.get_absl_handler().addFilter(_QuietOrbaxInfo())
-  gin_utils.gin_main(train)(argv)
+# absl main: parse the gin flags, then `train()` with everything bound by gin.
+main = gin_utils.gin_main(train)
 
 
 if __name__ == "__main__":

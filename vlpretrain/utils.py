@@ -1,6 +1,9 @@
 """Gin-configurable run pieces with t5x's names: dataset/checkpoint configs, LR schedules."""
 import dataclasses
+import difflib
 import importlib
+import os
+import tempfile
 from typing import Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -8,6 +11,8 @@ import gin
 import optax
 import seqio
 import tensorflow as tf
+
+from vlpretrain import errors
 
 
 # -----------------------------------------------------------------------------
@@ -74,7 +79,7 @@ class RestoreCheckpointConfig:
 
   def __post_init__(self):
     if self.mode not in ("latest", "specific"):
-      raise ValueError(
+      raise errors.ConfigError(
           f"utils.RestoreCheckpointConfig.mode={self.mode!r} is not supported; use "
           "'latest' or 'specific'.")
 
@@ -88,27 +93,70 @@ class CheckpointConfig:
 
 
 # -----------------------------------------------------------------------------
+# Output directories.
+# -----------------------------------------------------------------------------
+def check_writable_dir(path: str, macro: str) -> None:
+  """Raises ConfigError, naming `macro`, if directory `path` could not be created or
+  written; creates nothing. Remote paths (gs://...) are not checked."""
+  if "://" in os.fspath(path):
+    return
+  path = os.path.abspath(path)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  problem = None
+  if os.path.exists(path) and not os.path.isdir(path):
+    problem = "it is a file"
+  elif not os.path.isdir(existing):
+    problem = f"{existing!r} is a file"
+  else:
+    try:  # A real probe: permission bits do not tell for root or read-only mounts.
+      os.rmdir(tempfile.mkdtemp(prefix=".vlpretrain_write_check_", dir=existing))
+    except OSError as e:
+      problem = f"{existing!r} is not writable ({e.strerror or e})"
+  if problem:
+    raise errors.ConfigError(
+        f"{macro}={path!r} cannot be written: {problem}. Pass --gin.{macro}= a "
+        "directory you can write.")
+
+
+def make_output_dir(path: str, macro: str) -> None:
+  """`os.makedirs(path)` (or tf.io.gfile for remote paths), the failure naming `macro`."""
+  try:
+    tf.io.gfile.makedirs(path)
+  except (OSError, tf.errors.OpError) as e:
+    raise errors.ConfigError(f"{macro}={path!r} cannot be created ({e}). Pass "
+                             f"--gin.{macro}= a directory you can write.") from None
+
+
+# -----------------------------------------------------------------------------
 # Datasets.
 # -----------------------------------------------------------------------------
 def get_mixture_or_task(cfg: DatasetConfig):
   """Imports `cfg.module` (or vlpretrain.tasks) and returns the seqio Task/Mixture."""
   if not cfg.mixture_or_task_name:
-    raise ValueError(
+    raise errors.ConfigError(
         "No dataset given: MIXTURE_OR_TASK_NAME is unset. Pass "
         "--gin.MIXTURE_OR_TASK_NAME=\"'<task or mixture>'\" (e.g. 'shapes_cap') or bind "
         "it in your gin file.")
-  if cfg.module:
-    importlib.import_module(cfg.module)
-  name = cfg.mixture_or_task_name
-  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-    importlib.import_module("vlpretrain.tasks")  # The project's own registrations.
-  try:
-    return seqio.get_mixture_or_task(name)
-  except ValueError as e:
-    raise ValueError(
-        f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio Task or Mixture. "
-        f"Register it in a module and pass --gin.MIXTURE_OR_TASK_MODULE=\"'my.module'\". "
-        f"({e})") from None
+  # Gin is locked by now; a module imported here may still register configurables
+  # (its sources), which gin allows only while unlocked.
+  with gin.unlock_config():
+    if cfg.module:
+      importlib.import_module(cfg.module)
+    name = cfg.mixture_or_task_name
+    if (name not in seqio.TaskRegistry.names() and
+        name not in seqio.MixtureRegistry.names()):
+      importlib.import_module("vlpretrain.tasks")  # The project's own registrations.
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name not in known:
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise errors.ConfigError(
+        f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio Task or Mixture.{hint} "
+        "Register your own in a module and pass "
+        "--gin.MIXTURE_OR_TASK_MODULE=\"'my.module'\" (README, \"Register a new task\").")
+  return seqio.get_mixture_or_task(name)
 
 
 @gin.configurable
@@ -140,7 +188,7 @@ def get_dataset(cfg: DatasetConfig,
   num_shards` examples per step (remainder dropped).
   """
   if cfg.batch_size % num_shards:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Global batch size {cfg.batch_size} (BATCH_SIZE / DatasetConfig.batch_size) is "
         f"not divisible by the number of hosts {num_shards}.")
   mixture_or_task = get_mixture_or_task(cfg)
@@ -165,8 +213,8 @@ def get_task_datasets(cfg: DatasetConfig,
   """This host's unbatched, repeated model-feature datasets, one per task of the
   `dynamic_mixture.DynamicMixture` named by `cfg` (its examples carry `task_id`)."""
   if cfg.pack:
-    raise ValueError("A dynamic mixture composes batches example by example: set "
-                     "pack = False in its DatasetConfig.")
+    raise errors.ConfigError("A dynamic mixture composes batches example by example: set "
+                             "pack = False in its DatasetConfig.")
   mixture = get_mixture_or_task(cfg)
   datasets = mixture.task_datasets(
       sequence_length=cfg.task_feature_lengths, split=cfg.split,
@@ -202,7 +250,7 @@ def create_learning_rate_scheduler(
   """
   key = " * ".join(f.strip() for f in factors.split("*"))
   if key not in _SCHEDULES:
-    raise ValueError(
+    raise errors.ConfigError(
         f"utils.create_learning_rate_scheduler.factors={factors!r} is not supported; "
         f"use one of {list(_SCHEDULES)}.")
   if key == "constant":
@@ -210,7 +258,7 @@ def create_learning_rate_scheduler(
   if key == "constant * linear_warmup":
     return optax.warmup_constant_schedule(0.0, base_learning_rate, max(warmup_steps, 1))
   if decay_steps is None:
-    raise ValueError(
+    raise errors.ConfigError(
         f"utils.create_learning_rate_scheduler.decay_steps is required for {factors!r}; "
         "bind it (pretrain.gin uses %TRAIN_STEPS).")
   if decay_steps <= warmup_steps:

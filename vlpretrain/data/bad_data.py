@@ -9,7 +9,9 @@ the file (or record) named, and skipped. Warnings are rate-limited per reason.
       counter.skip("corrupt_image", f"{shard_path} key={key}")
 
 Inside tf.data, `filter_examples` applies a Python predicate to each element and counts
-the rejected ones.
+the rejected ones. `totals()` sums every counter of the process: the trainer logs it and
+writes it to TensorBoard (`skipped/<source>/<reason>`), eval and infer log it at the end.
+The counts are of reads: an example skipped in each of two epochs counts twice.
 """
 import collections
 import io
@@ -20,6 +22,8 @@ from absl import logging
 import PIL.Image
 
 MAX_WARNINGS_PER_REASON = 20
+_ALL_COUNTERS = []  # Every SkipCounter of this process, for `totals()`.
+_ALL_COUNTERS_LOCK = threading.Lock()
 
 
 class SkipCounter:
@@ -29,6 +33,8 @@ class SkipCounter:
     self.source = source
     self._counts = collections.Counter()
     self._lock = threading.Lock()
+    with _ALL_COUNTERS_LOCK:
+      _ALL_COUNTERS.append(self)
 
   def skip(self, reason: str, where: str) -> None:
     with self._lock:
@@ -46,6 +52,25 @@ class SkipCounter:
   def total(self) -> int:
     with self._lock:
       return sum(self._counts.values())
+
+
+def totals() -> Dict[str, int]:
+  """Skipped reads so far in this process, over every source: {'<source>/<reason>': n}."""
+  result = collections.Counter()
+  with _ALL_COUNTERS_LOCK:
+    counters = list(_ALL_COUNTERS)
+  for counter in counters:
+    for reason, n in counter.counts().items():
+      result[f"{counter.source}/{reason}"] += n
+  return dict(sorted(result.items()))
+
+
+def summary(counts: Dict[str, int]) -> str:
+  """'3 skipped (vqa_v2/corrupt_image 2, vqa_v2/missing_image 1)', or '' for none."""
+  if not counts:
+    return ""
+  parts = ", ".join(f"{k} {v}" for k, v in counts.items())
+  return f"{sum(counts.values())} skipped ({parts})"
 
 
 def image_ok(data: bytes) -> bool:

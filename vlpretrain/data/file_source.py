@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from vlpretrain import errors
 from vlpretrain.data import bad_data
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: 8-byte length, 4-byte CRC, 4-byte data CRC.
@@ -31,18 +32,18 @@ _RECORD_OVERHEAD = 16  # TFRecord framing: 8-byte length, 4-byte CRC, 4-byte dat
 def require_dir(path: Optional[str], binding: str) -> str:
   """`path` if it is an existing directory, else an error naming the gin binding to set."""
   if not path:
-    raise ValueError(f"No data directory given: set the gin binding {binding} to the "
-                     "directory that holds the dataset.")
+    raise errors.ConfigError(f"No data directory given: set the gin binding {binding} to the "
+                             "directory that holds the dataset.")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path!r} (gin binding {binding}) is not a directory: "
-                            "point it at the dataset's files.")
+    raise errors.MissingPathError(f"{path!r} (gin binding {binding}) is not a directory: "
+                                  "point it at the dataset's files.")
   return path
 
 
 def require_file(path: str, binding: str) -> str:
   """`path` if it is an existing file, else an error naming the file and the binding."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Missing {path!r}: check the gin binding {binding}.")
+    raise errors.MissingPathError(f"Missing {path!r}: check the gin binding {binding}.")
   return path
 
 
@@ -135,8 +136,8 @@ class FileSource(seqio.DataSource):
                   *args, **kwargs) -> tf.data.Dataset:
     del shuffle, seed, args, kwargs  # Shuffled downstream by seqio.
     if split not in self.splits:
-      raise ValueError(f"{self._name}: unknown split {split!r}; use one of "
-                       f"{list(self.splits)}.")
+      raise errors.ConfigError(f"{self._name}: unknown split {split!r}; use one of "
+                               f"{list(self.splits)}.")
     index, num_shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
 
     def generate():

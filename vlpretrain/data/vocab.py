@@ -30,6 +30,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
+from vlpretrain import errors
 from vlpretrain.data import shapes
 from vlpretrain.data import shapes_downstream
 
@@ -124,9 +125,28 @@ def t5_vocabulary(path: str = T5_VOCAB,
   return _sentencepiece_vocabulary(path, extra_ids)
 
 
+class _NamedPathSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """seqio's vocabulary, with a missing or unreadable model file reported as the gin
+  binding to fix rather than as the file system's error (a network error for gs://)."""
+
+  def __init__(self, path: str, extra_ids: int, binding: str):
+    super().__init__(path, extra_ids=extra_ids)
+    self._binding = binding
+
+  def _model_context(self):
+    try:
+      return super()._model_context()
+    except (tf.errors.OpError, OSError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise errors.MissingPathError(
+          f"Cannot read the SentencePiece model {self.sentencepiece_model_file!r} "
+          f"({first}): bind {self._binding} to a local copy of the T5 vocabulary "
+          "(sentencepiece.model of gs://t5-data/vocabs/cc_all.32000/).") from None
+
+
 @functools.lru_cache(maxsize=8)
 def _sentencepiece_vocabulary(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
-  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  return _NamedPathSentencePieceVocabulary(path, extra_ids, "vocab.t5_vocabulary.path")
 
 
 class DeferredVocabulary(seqio.Vocabulary):
