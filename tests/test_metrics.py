@@ -24,6 +24,10 @@ from vlpretrain import metrics
     ("red,blue", "red blue"),     # comma touching no space, no digit,digit: -> space
     ("3, 4", "3 4"),              # comma touching a space: deleted
     ("hot-dog", "hot dog"),
+    ("100,978", "100978"),        # the VQA page's example
+    ("a, b", "b"),                # ", " deletes the comma; "a" is an article
+    ("couldnt've", "couldn't've"),  # the table's entries with apostrophes
+    ("whats up", "what's up"),
     (" Yes\n", "yes"),
     (b"An Apple", "apple"),       # bytes accepted
 ])
@@ -50,10 +54,24 @@ def test_vqa_score_leave_one_out(num_matching, expected):
   assert metrics.vqa_score(_answers(num_matching), "2") == pytest.approx(expected)
 
 
-def test_vqa_score_normalises_both_sides():
-  # "Two" and "two." both normalise to "2"; 3 matching of 10 -> 0.9.
-  answers = ["2", "two.", "Two"] + ["3"] * 7
-  assert metrics.vqa_score(answers, "TWO") == pytest.approx(0.9)
+def test_vqa_score_normalises_as_the_official_script():
+  """The official vqaEval.py normalises the prediction fully; the annotators' answers
+  only when they differ, and then by the punctuation rules alone."""
+  assert metrics.vqa_score(["two"] * 10, "2") == 0.0   # ten identical: left as is
+  assert metrics.vqa_score(["2"] * 10, "two") == 1.0   # the prediction becomes "2"
+  assert metrics.vqa_score(["2"] * 10, " Two.\n") == 1.0
+  # Differing answers: "two." -> "two" (no number words for answers), "2!" -> "2 " (the
+  # mark touches no space, so it becomes one, and nothing strips it): of the ten, only
+  # the two plain "2" equal the prediction "2" -> 0.6.
+  answers = ["2", "2", "2!", "two.", "Two"] + ["3"] * 5
+  assert metrics.process_punctuation("2!") == "2 "
+  assert metrics.vqa_score(answers, "TWO") == pytest.approx(0.6)
+  # Answers are not lower-cased: "Yes" (differing from "yes") never matches.
+  assert metrics.vqa_score(["Yes"] * 5 + ["yes"] * 5, "yes") == pytest.approx(1.0)
+  assert metrics.vqa_score(["Yes"] * 8 + ["yes"] * 2, "yes") == pytest.approx(0.6)
+  # Ten identical answers with punctuation stay unprocessed: "yes." never matches.
+  assert metrics.vqa_score(["yes."] * 10, "yes.") == 0.0
+  assert metrics.vqa_score(["yes."] * 9 + ["no"], "yes") == pytest.approx(1.0)
 
 
 def test_vqa_accuracy_averages_over_questions():

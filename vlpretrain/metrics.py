@@ -37,71 +37,112 @@ def _percent(scores: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------- VQA normalisation
-# The rules of the official VQA v2 evaluation, applied in this order:
-#  1. newlines and tabs become spaces, surrounding whitespace is stripped;
-#  2. each mark of _VQA_PUNCT is deleted if it touches a space in the answer, or if the
-#     answer contains a comma between two digits (so "1,000" -> "1000"); otherwise the
-#     mark is replaced by a space ("red,blue" -> "red blue", "yes!" -> "yes ");
-#  3. a period not followed by a digit is deleted (so "2.5" keeps its period);
-#  4. lower-case and split into words; number words become digits (_NUMBERS, which
-#     includes the official "none" -> "0"); the articles "a", "an", "the" are dropped;
-#     apostrophe-less contractions are restored (_CONTRACTIONS); words joined by one space.
+# The official VQA v2 evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/
+# vqaEvaluation/vqaEval.py), rule for rule:
+#  * the prediction: newlines and tabs become spaces, surrounding whitespace is
+#    stripped, then `process_punctuation` and `process_digit_article`;
+#  * the annotators' answers: left as they are when all ten are the same string, else
+#    `process_punctuation` only (no lower-casing, number words or articles: the
+#    released annotations are already normalised that way);
+#  * accuracy: for each annotator, min(#other annotators whose answer equals the
+#    prediction / 3, 1), averaged over the annotators (leave-one-out).
+# So a prediction "2" scores 0 against ten "two" (those are not normalised) and "two"
+# scores 1 against ten "2" (the prediction becomes "2").
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
               ">", "<", "@", "`", ",", "?", "!"]
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
-_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# The script's pattern as written: a period not followed by a digit (its leading
+# "(?!<=\d)" is a lookahead that never fails on a period). It calls
+# `sub("", text, re.UNICODE)`, whose third argument is `count`, so at most
+# re.UNICODE = 32 periods go; kept for exactness.
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_PERIOD_STRIP_COUNT = int(re.UNICODE)
 _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
             "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}
-# The common entries of the standard VQA contraction mapping (not all of its variants:
-# entries whose keys carry stray apostrophes, e.g. "couldnt've", and capitalised keys
-# such as "Im", which can never match after lower-casing, are left out).
+# The script's contraction table, every entry (the capitalised keys such as "Im" can
+# never match a lower-cased word; they are there in the original too).
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
-    "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't", "hed": "he'd",
-    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's", "isnt": "isn't",
-    "itd": "it'd", "itll": "it'll", "lets": "let's", "maam": "ma'am",
-    "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't",
-    "mustve": "must've", "neednt": "needn't", "oclock": "o'clock", "shant": "shan't",
-    "shed": "she'd", "shes": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
-    "somebodys": "somebody's", "someones": "someone's", "thats": "that's",
-    "theres": "there's", "theyd": "they'd", "theyll": "they'll", "theyre": "they're",
-    "theyve": "they've", "wasnt": "wasn't", "weve": "we've", "werent": "weren't",
-    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whens": "when's",
-    "whered": "where'd", "wheres": "where's", "whod": "who'd", "wholl": "who'll",
-    "whos": "who's", "whove": "who've", "whys": "why's", "wont": "won't",
-    "wouldve": "would've", "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd",
-    "youll": "you'll", "youre": "you're", "youve": "you've"}
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
+    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
+    "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't",
+    "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
+    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've",
+    "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're",
+    "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd",
+    "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all",
+    "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've"}
 
 
-def normalize_vqa_answer(answer) -> str:
-  """Normalises an answer as the official VQA v2 evaluation does (rules above)."""
-  text = _to_str(answer).replace("\n", " ").replace("\t", " ").strip()
-  delete = bool(_DIGIT_COMMA_DIGIT.search(text))
+def process_punctuation(text: str) -> str:
+  """The script's processPunctuation: each mark of _VQA_PUNCT is deleted if it touches
+  a space in the text, or if the text has a comma between two digits ("1,000" ->
+  "1000"), else replaced by a space ("red,blue" -> "red blue"); then periods not
+  before a digit are deleted ("2.5" keeps its period)."""
   out = text
+  delete_all = _COMMA_STRIP.search(text) is not None
   for p in _VQA_PUNCT:
-    if delete or p + " " in text or " " + p in text:
+    if delete_all or p + " " in text or " " + p in text:
       out = out.replace(p, "")
     else:
       out = out.replace(p, " ")
-  out = _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
-  words = [_NUMBERS.get(w, w) for w in out.lower().split()]
-  words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
-  return " ".join(words)
+  return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
+
+
+def process_digit_article(text: str) -> str:
+  """The script's processDigitArticle: lower-case, split into words, number words to
+  digits, articles dropped, apostrophe-less contractions restored, joined by spaces."""
+  words = [_NUMBERS.get(w, w) for w in text.lower().split()]
+  return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def normalize_vqa_answer(answer) -> str:
+  """A prediction normalised as the official VQA v2 evaluation normalises it."""
+  text = _to_str(answer).replace("\n", " ").replace("\t", " ").strip()
+  return process_digit_article(process_punctuation(text))
 
 
 def vqa_score(answers: Sequence, prediction) -> float:
-  """VQA v2 accuracy of one prediction against its annotator answers, in [0, 1].
+  """VQA v2 accuracy of one prediction against its annotator answers, in [0, 1], as the
+  official evaluation computes it (rules above).
 
-  Both sides are normalised (`normalize_vqa_answer`). For each of the n leave-one-out
-  subsets of n - 1 annotators the score is min(#annotators in the subset who gave the
-  prediction / 3, 1); the accuracy is the mean over the n subsets (n = 10 in VQA v2).
-  With 10 answers, m matching ones give 0.3, 0.6, 0.9, 1.0 for m = 1, 2, 3, >= 4.
-  A single answer (no subsets to form) scores 1 on a match, else 0.
+  With 10 answers, m equal to the prediction give 0.3, 0.6, 0.9, 1.0 for m = 1, 2, 3,
+  >= 4. One answer alone (which VQA v2 never has: the script would give 0, as it
+  leaves that annotator out) scores 1 on a match, else 0.
   """
   pred = normalize_vqa_answer(prediction)
-  matches = [normalize_vqa_answer(a) == pred for a in answers]
+  answers = [_to_str(a) for a in answers]
+  if len(set(answers)) > 1:
+    answers = [process_punctuation(a) for a in answers]
+  matches = [a == pred for a in answers]
   if len(matches) == 1:
     return float(matches[0])
   total = sum(matches)
@@ -110,12 +151,7 @@ def vqa_score(answers: Sequence, prediction) -> float:
 
 
 def vqa_accuracy(targets, predictions) -> dict:
-  """VQA v2 accuracy (%), `vqa_score` averaged over questions.
-
-  Note: the official script normalises the prediction only when the annotators'
-  answers are not all identical; here both sides are always normalised, so e.g. "Two"
-  also matches ten "2" answers (it would score 0 with the official script).
-  """
+  """VQA v2 accuracy (%), `vqa_score` averaged over questions."""
   _check_lengths(targets, predictions)
   scores = [vqa_score(_answers(t), p) for t, p in zip(targets, predictions)]
   return {"vqa_accuracy": _percent(scores)}
