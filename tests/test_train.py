@@ -1,6 +1,7 @@
 """Trainer tests: exact resumption, LR schedule, optimizer mask, gin flag rewriting."""
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,20 +72,68 @@ def test_learning_rate_schedule_values():
     utils.create_learning_rate_scheduler("constant * rsqrt_decay")
 
 
-def test_adamw_clips_and_skips_decay_on_vectors():
-  params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones((2,)), "gate": jnp.ones(())}
+def test_decay_mask_selects_kernels_by_name():
+  """Weight decay hits kernels only: not latents, embeddings, rel-pos tables, norms."""
+  shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  params = {
+      "image_encoder": {"pos_embedding": shape(64, 8),
+                        "embedding": {"kernel": shape(3, 3, 3, 8), "bias": shape(8)}},
+      "fusion": {"image_resampler": {"latents": shape(16, 8),
+                                     "w2": {"kernel": shape(8, 8)}},
+                 "alpha_0": shape(), "query_norm_0": {"scale": shape(8)}},
+      "token_embedder": {"embedding": shape(128, 8)},
+      "text_encoder": {"relpos_bias": {"rel_embedding": shape(2, 32)},
+                       "layers_0": {"mlp": {"wi_0": {"kernel": shape(8, 16)}}}},
+  }
+  mask = optimizers.decay_mask(params)
+  decayed = sorted(checkpoints.param_path(p) for p, m in
+                   jax.tree_util.tree_leaves_with_path(mask) if m)
+  assert decayed == ["fusion/image_resampler/w2/kernel", "image_encoder/embedding/kernel",
+                     "text_encoder/layers_0/mlp/wi_0/kernel"]
+  # The real tiny model: every decayed param is a kernel, and JAR's latents are not.
+  import tiny_vqa  # pylint: disable=g-import-not-at-top
+  model = tiny_vqa.tiny_model()
+  abstract = jax.eval_shape(lambda: model.get_initial_variables(
+      jax.random.PRNGKey(0), {"image": (1, 64, 64, 3), "encoder_input_tokens": (1, 8),
+                              "decoder_input_tokens": (1, 4)}))["params"]
+  abstract = nn.meta.unbox(abstract)
+  flat = {checkpoints.param_path(p): m for p, m in
+          jax.tree_util.tree_leaves_with_path(optimizers.decay_mask(abstract))}
+  assert flat and all(m == name.endswith("/kernel") for name, m in flat.items())
+  assert any(name.endswith("/kernel") for name in flat)
+
+
+def test_adamw_decays_kernels_only_and_clips_the_global_norm():
+  params = {"dense": {"kernel": jnp.ones((2, 2))}, "scale": jnp.ones((2,)),
+            "latents": jnp.ones((2, 2))}
   tx = optimizers.adamw(1.0, weight_decay=0.5, clip_norm=1.0)
-  state = tx.init(params)
   zero = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zero, state, params)
-  np.testing.assert_allclose(updates["kernel"], -0.5 * np.ones((2, 2)))  # decayed
-  np.testing.assert_allclose(updates["scale"], 0.0)                       # not decayed
-  np.testing.assert_allclose(updates["gate"], 0.0)
-  clip = optimizers.adamw(1.0, clip_norm=1.0)
-  big = jax.tree.map(lambda p: 100.0 * jnp.ones_like(p), params)
-  clipped = optax.clip_by_global_norm(1.0).update(big, optax.EmptyState())[0]
-  assert optax.tree.norm(clipped) == pytest.approx(1.0)
-  assert len(clip.init(params)) == 2  # clip_by_global_norm + adamw chain.
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.5 * np.ones((2, 2)))
+  np.testing.assert_allclose(updates["scale"], 0.0)
+  np.testing.assert_allclose(updates["latents"], 0.0)
+
+  # Clipping: Adam's first update is scale-free, its second is not. A large first
+  # gradient (norm 200, clipped to 1) and a small second one give the update of Adam on
+  # the clipped gradients, computed here by hand (lr 0.1, no decay).
+  b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.1
+  p = {"kernel": jnp.zeros((2, 2))}
+  g1, g2 = 100.0 * np.ones((2, 2)), 0.3 * np.array([[1.0, -1.0], [2.0, 0.5]])
+  c1 = g1 * min(1.0, 1.0 / np.linalg.norm(g1))
+  m = (1 - b1) * c1
+  v = (1 - b2) * c1 ** 2
+  m = b1 * m + (1 - b1) * g2
+  v = b2 * v + (1 - b2) * g2 ** 2
+  want = -lr * (m / (1 - b1 ** 2)) / (np.sqrt(v / (1 - b2 ** 2)) + eps)
+
+  def second_update(clip_norm):
+    tx = optimizers.adamw(lr, weight_decay=0.0, clip_norm=clip_norm)
+    state = tx.init(p)
+    _, state = tx.update({"kernel": jnp.asarray(g1)}, state, p)
+    return tx.update({"kernel": jnp.asarray(g2)}, state, p)[0]["kernel"]
+
+  np.testing.assert_allclose(second_update(1.0), want, rtol=1e-4)
+  assert not np.allclose(second_update(None), want, rtol=1e-2)  # Clipping mattered.
 
 
 # ------------------------------------------------------------------ training

@@ -1,17 +1,27 @@
 """Optimizers (optax). Seed 001: AdamW, lr 1e-4, warmup 10k, weight decay 0.1, clip 1.0."""
+import re
 from typing import Optional, Union
 
 import gin
 import jax
 import optax
 
+from vlpretrain import checkpoints
 
-def decay_mask(params):
-  """True for the params weight decay applies to: matrices and kernels (ndim >= 2).
+# The params weight decay applies to, by path: every dense and convolution kernel
+# (`.../kernel`), as big_vision decays (`wd_mults` default `('.*/kernel$', 1.0)`).
+# Embedding tables (token, ViT position), JAR's latents, T5's relative-position tables,
+# norm scales, biases and gates are not decayed: decay would pull learned queries and
+# lookup tables towards zero, which is not the regularisation AdamW's decay is for.
+KERNELS = r"(.*/)?kernel"
 
-  Norm scales, biases and scalar gates (tanh(alpha), tanh(beta)) are not decayed.
-  """
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+def decay_mask(params, pattern: str = KERNELS):
+  """True for the params whose path (`checkpoints.param_path`, e.g.
+  'fusion/image_resampler/latents') fully matches `pattern`."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(regex.fullmatch(checkpoints.param_path(path))), params)
 
 
 @gin.configurable
@@ -20,15 +30,16 @@ def adamw(learning_rate: Union[float, optax.Schedule],
           b1: float = 0.9,
           b2: float = 0.999,
           eps: float = 1e-8,
-          clip_norm: Optional[float] = 1.0) -> optax.GradientTransformation:
+          clip_norm: Optional[float] = 1.0,
+          weight_decay_pattern: str = KERNELS) -> optax.GradientTransformation:
   """Global-norm clipping (skipped if clip_norm is None or 0) then AdamW.
 
   `learning_rate` is a float or an optax schedule (see
-  `utils.create_learning_rate_scheduler`). Weight decay is decoupled and skips 0-D/1-D
-  params (see `decay_mask`).
+  `utils.create_learning_rate_scheduler`). Weight decay is decoupled and applies to the
+  params whose path matches `weight_decay_pattern` (default: kernels; `decay_mask`).
   """
-  adam = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
-                     weight_decay=weight_decay, mask=decay_mask)
+  adam = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                     mask=lambda params: decay_mask(params, weight_decay_pattern))
   if not clip_norm:
     return adam
   return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
