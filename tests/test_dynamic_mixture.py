@@ -3,6 +3,7 @@ import dataclasses
 import functools
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
@@ -73,6 +74,35 @@ def test_batches_follow_the_sampler_counts():
   assert batch["image"].shape == (16, toy_model.IMAGE_SIZE, toy_model.IMAGE_SIZE, 3)
   np.testing.assert_array_equal(batches.last_counts, [9, 4, 3])
   batches.close()
+
+
+def test_round_robin_gives_batch_n_to_task_n_mod_t_through_the_lag():
+  """Through DynamicBatches' protocol (next, record a step late, prefetch), batch n is
+  all task n mod 3, also after a restore of its state."""
+  def run(batches, steps, first=0):
+    seen = []
+    for n in range(first, first + steps):
+      batch = batches.next()
+      seen.append(np.bincount(batch["task_id"], minlength=3).tolist())
+      batches.record(np.ones(3) * (n + 1), np.ones(3))
+      if n < first + steps - 1:
+        batches.prefetch()
+    return seen
+
+  make = lambda: dynamic_mixture.DynamicBatches(
+      _task_datasets(6), mixing.Sampler(3, "round_robin", min_per_task=1), 6)
+  batches = make()
+  want = [[6, 0, 0], [0, 6, 0], [0, 0, 6]] * 2
+  assert run(batches, 6) == want
+  # Resumed after 4 batches: the 5th is task 4 mod 3 = 1.
+  state = make()
+  run(state, 4)
+  restored = make()
+  restored.load_state_dict(json.loads(json.dumps(state.state_dict())))
+  assert restored.batches_composed == 4
+  assert run(restored, 2, first=4) == want[4:]
+  for b in (batches, state, restored):
+    b.close()
 
 
 def test_leftover_rows_survive_a_checkpoint(tmp_path):
@@ -238,3 +268,48 @@ def test_sampling_weights_logged(clean_gin, tmp_path):
   out = plot_sampling.plot(str(tmp_path), str(tmp_path / "weights.png"))
   assert PIL.Image.open(out).size == (1000, 550)
   assert plot_sampling.main([str(tmp_path / "missing")]) == 2
+
+
+class _KnownLossModel(toy_model.ToyModel):
+  """Every target token of an example of task t costs t + 1 + the example's first input
+  id / 100: per-task sums the test can compute from the batch itself."""
+
+  def loss_fn(self, params, batch, dropout_rng):
+    del dropout_rng
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    per_token = (batch["task_id"] + 1 + batch["encoder_input_tokens"][:, 0] / 100.0)
+    example_loss_sum = jnp.sum(weights, 1) * per_token
+    loss = jnp.sum(example_loss_sum) / jnp.sum(weights) + 0.0 * params["gate"]
+    return loss, {"loss": loss, "example_loss_sum": example_loss_sum,
+                  "example_token_count": jnp.sum(weights, 1)}
+
+
+def test_train_step_per_task_loss_sums_are_the_batch_sums(tmp_path, record_batches):
+  """The sampler's inputs (checkpointed with the sampler state) are, per step and task,
+  the sums of the task's example losses and target tokens in that step's batch."""
+  lr = utils.create_learning_rate_scheduler("constant", 1e-3)
+  train_lib.train(
+      model=_KnownLossModel(),
+      train_dataset_cfg=utils.DatasetConfig(
+          _toy_dynamic_mixture(), toy_model.TASK_FEATURE_LENGTHS, "train", 16, True, 0),
+      partitioner=partitioning.PjitPartitioner(), model_dir=str(tmp_path),
+      total_steps=3, log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
+      make_sampler=functools.partial(dynamic_mixture.make_sampler, strategy="fixed",
+                                     rates=[0.7, 0.2, 0.1], min_per_task=2, window=5))
+  want_sums, want_tokens = [], []
+  for task_ids, inputs in record_batches:
+    np.testing.assert_array_equal(np.bincount(task_ids, minlength=3), [9, 4, 3])
+    per_token = task_ids + 1 + inputs[:, 0] / 100.0
+    tokens = toy_model.TARGET_LEN  # 4 targets + EOS, no padding.
+    want_sums.append([tokens * per_token[task_ids == t].sum() for t in range(3)])
+    want_tokens.append([tokens * (task_ids == t).sum() for t in range(3)])
+  state = json.loads((tmp_path / "checkpoints" / "3" / "sampler" / "metadata").read_text())
+  # Steps 1 and 2 were applied to the sampler; step 3's wait (the one-step lag).
+  np.testing.assert_allclose(state["loss_sums"][:2], want_sums[:2], rtol=1e-6)
+  np.testing.assert_allclose(state["token_counts"][:2], want_tokens[:2])
+  np.testing.assert_allclose(state["unapplied"][0], want_sums[2], rtol=1e-6)
+  np.testing.assert_allclose(state["unapplied"][1], want_tokens[2])
+  logged = [json.loads(l) for l in (tmp_path / "sampling.jsonl").read_text().splitlines()]
+  for line, sums, tokens in zip(logged, want_sums, want_tokens):
+    assert [line["task_loss"][t] for t in TASKS] == pytest.approx(
+        [s / n for s, n in zip(sums, tokens)], rel=1e-6)
