@@ -138,6 +138,16 @@ def test_bad_requests_are_clear_value_errors(artifact):
       continue
     with pytest.raises(ValueError, match=error):
       predictor.predict(data, prompt)
+  # A batch with bad requests names each by its index, and answers none.
+  batch = [(good, "question: what?"), (b"not an image", "question: what?"),
+           (good, "question: what?"), (good, "")]
+  with pytest.raises(ValueError) as raised:
+    predictor.predict_batch(batch)
+  message = str(raised.value)
+  assert message.startswith("2 of 4 requests are bad, so none was answered")
+  assert "request 1: image is not a readable image" in message
+  assert "request 3: prompt is empty" in message
+  assert "request 0" not in message and "request 2" not in message
   # Size caps: bytes, and pixels (read from the header, before decoding).
   predictor.config["max_image_bytes"] = len(good) - 1
   with pytest.raises(ValueError, match=f"{len(good)} bytes; the limit is"):

@@ -148,7 +148,7 @@ def test_gqa_examples_and_bad_data(tmp_path):
 
 
 # ---------------------------------------------------------------------------- SNLI-VE
-def test_snli_ve_examples_and_bad_data(tmp_path):
+def test_snli_ve_examples_and_bad_data(tmp_path, caplog):
   d = tmp_path / "snli_ve"
   (d / "flickr30k_images").mkdir(parents=True)
   premise = "Two women are embracing while holding to go packages."
@@ -175,7 +175,11 @@ def test_snli_ve_examples_and_bad_data(tmp_path):
   _jpeg(str(d / "flickr30k_images" / "3416050480.jpg"), (9, 9, 9))
   _corrupt_jpeg(str(d / "flickr30k_images" / "1111.jpg"))
   source = vqa_sources.snli_ve_source(str(d))
-  examples = _examples(source, "validation")
+  with caplog.at_level("WARNING"):
+    examples = _examples(source, "validation")
+  # The warning shows the label it rejected.
+  assert "pairID=3416050480.jpg#4r1x gold_label='-' (expected one of entailment, " \
+      "neutral, contradiction)" in caplog.text
   assert [(e["id"], e["hypothesis"], e["label"]) for e in examples] == [
       (b"4705552913.jpg#2r1n", b"The sisters are hugging.", b"neutral"),
       (b"4705552913.jpg#2r1e", b"Two women are holding packages.", b"entailment"),

@@ -230,17 +230,31 @@ class Predictor:
     return np.asarray(out)
 
   def predict_batch(self, requests) -> list:
-    """[(image_bytes, prompt), ...] -> [text, ...] in one batch."""
+    """[(image_bytes, prompt), ...] -> [text, ...] in one batch.
+
+    If any request is bad, none is answered: the ValueError names every bad request
+    by its index and says why.
+    """
     requests = list(requests)
     if not requests:
       return []
-    images = np.stack([self.image(data) for data, _ in requests])
-    tokens = np.stack([self.tokens(prompt) for _, prompt in requests])
-    return [self.decode(row) for row in self.predict_ids(images, tokens)]
+    images, tokens, bad = [], [], []
+    for i, (data, prompt) in enumerate(requests):
+      try:
+        images.append(self.image(data))
+        tokens.append(self.tokens(prompt))
+      except ValueError as e:
+        bad.append(f"request {i}: {e}")
+    if bad:
+      raise ValueError(f"{len(bad)} of {len(requests)} requests are bad, so none was "
+                       f"answered: {'; '.join(bad)}")
+    return [self.decode(row) for row in self.predict_ids(np.stack(images),
+                                                         np.stack(tokens))]
 
   def predict(self, image_bytes: bytes, prompt: str) -> str:
     """(encoded image bytes, prompt text) -> generated text (greedy)."""
-    return self.predict_batch([(image_bytes, prompt)])[0]
+    image, tokens = self.image(image_bytes), self.tokens(prompt)
+    return self.decode(self.predict_ids(image[None], tokens[None])[0])
 
 
 def load(artifact_dir: str) -> Predictor:

@@ -289,7 +289,8 @@ def snli_ve_source(data_dir: Optional[str] = None,
         where = f"{where} pairID={record.get('pairID')}"
         label = record.get("gold_label")
         if label not in SNLI_VE_LABELS:
-          counter.skip("bad_label", where)
+          counter.skip("bad_label", f"{where} gold_label={label!r} (expected one of "
+                       f"{', '.join(SNLI_VE_LABELS)})")
           continue
         if not bad_data.text_ok(record.get("sentence2")):
           counter.skip("empty_hypothesis", where)
