@@ -96,11 +96,41 @@ def test_open_gates_pass_the_image_and_its_gradient():
 @pytest.mark.parametrize("combine, has_weight", [("none", False), ("residual", False),
                                                  ("weighted", True)])
 def test_iterative_combine_options(combine, has_weight):
+  """Each iteration's input h_i (what query_norm_i receives) is t_N for i = 0, then
+  F_i ('none'), F_i + t_N ('residual') or F_i + w_i t_N ('weighted', w_i = 0.5 here),
+  with F_i the previous iteration's Transformer layer output, all from one forward
+  pass."""
   module = _network(fusion.JAR(num_latents=4, num_iterations=3, iterative_combine=combine))
   image, _, tokens = _inputs()
-  variables = module.init(jax.random.PRNGKey(0), image, tokens, tokens)
+  variables = nn.unbox(module.init(jax.random.PRNGKey(0), image, tokens, tokens))
   assert ("combine_weight_1" in variables["params"]["fusion"]) == has_weight
   assert "combine_weight_0" not in variables["params"]["fusion"]  # h_0 = t_N.
+  if has_weight:
+    for i in (1, 2):
+      variables = _set_param(variables, f"combine_weight_{i}", 0.5)
+  seen = {}
+
+  def record(next_fn, args, kwargs, context):
+    out = next_fn(*args, **kwargs)
+    name = context.module.name or ""
+    if context.method_name == "__call__":
+      if name.startswith("query_norm_"):
+        seen[f"h_{name[-1]}"] = args[0]
+      elif name.startswith("transformer_"):
+        seen[f"F_{int(name[-1]) + 1}"] = out
+      elif name == "text_resampler":
+        seen["t_N"] = out
+    return out
+
+  with nn.intercept_methods(record):
+    _encode(module, variables, image, tokens)
+  t_n = seen["t_N"]
+  np.testing.assert_array_equal(seen["h_0"], t_n)
+  weight = {"none": 0.0, "residual": 1.0, "weighted": 0.5}[combine]
+  for i in (1, 2):
+    np.testing.assert_allclose(seen[f"h_{i}"], seen[f"F_{i}"] + weight * t_n,
+                               rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(t_n))) > 0.1  # The combine options really differ.
 
 
 def test_weighted_combine_at_one_equals_residual():

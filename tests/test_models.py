@@ -98,16 +98,27 @@ def test_loss_is_the_mean_token_loss_and_per_example_sums_add_up():
   np.testing.assert_allclose(float(jnp.sum(aux["example_loss_sum"])) / 6, float(loss),
                              rtol=1e-6)
   assert float(aux["num_tokens"]) == 6
-  # The same loss by hand from the logits.
-  logits = model.module.apply({"params": params}, batch["image"],
-                              batch["encoder_input_tokens"], batch["decoder_input_tokens"])
-  token_loss, _ = models.cross_entropy_with_logits(
-      logits, batch["decoder_target_tokens"], 0.1, 1e-4)
-  expected = jnp.sum(token_loss * batch["decoder_loss_weights"]) / 6
-  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
-  # score_batch: log-likelihood without smoothing, per example.
-  scores = model.score_batch(params, batch)
-  plain, _ = models.cross_entropy_with_logits(logits, batch["decoder_target_tokens"])
-  np.testing.assert_allclose(np.asarray(scores),
-                             -np.sum(np.asarray(plain * batch["decoder_loss_weights"]), 1),
-                             rtol=1e-5)
+  # The same loss by hand (numpy) from the network's logits: smoothed cross-entropy
+  # minus the entropy of the smoothed targets, plus z_loss * log(Z)^2, token-mean.
+  logits = np.asarray(model.module.apply(
+      {"params": params}, batch["image"], batch["encoder_input_tokens"],
+      batch["decoder_input_tokens"]), np.float64)
+  targets = np.asarray(batch["decoder_target_tokens"])
+  weights = np.asarray(batch["decoder_loss_weights"])
+  vocab = logits.shape[-1]
+  log_z = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + \
+      logits.max(-1)
+  log_p = logits - log_z[..., None]
+  q = np.full(logits.shape, 0.1 / (vocab - 1))
+  np.put_along_axis(q, targets[..., None], 0.9, axis=-1)
+  entropy = -np.sum(q * np.log(q), -1)
+  token = -np.sum(q * log_p, -1) - entropy + 1e-4 * log_z ** 2
+  np.testing.assert_allclose(float(loss), np.sum(token * weights) / 6, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(aux["example_loss_sum"]),
+                             np.sum(token * weights, 1), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["z_loss"]),
+                             np.sum(1e-4 * log_z ** 2 * weights) / 6, rtol=1e-5)
+  # score_batch: the targets' log-likelihood without smoothing, per example.
+  target_log_p = np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(np.asarray(model.score_batch(params, batch)),
+                             np.sum(target_log_p * weights, 1), rtol=1e-5)
