@@ -1,5 +1,7 @@
-"""End to end through the real console script: `vlpretrain train` on gin/jar_tiny.gin."""
-import glob
+"""The real console script: help, unknown subcommands, hints, the malloc restart.
+
+Training through it, twice from the repository root, is in test_documented_commands.py.
+"""
 import os
 import shutil
 import subprocess
@@ -8,12 +10,6 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Few steps on a small shapes world, one log line per step; the smallest batch of the
-# dynamic mixture shapes_pretrain (9 tasks x min_per_task 2).
-TINY_RUN = ["--gin_file=gin/jar_tiny.gin", "--gin.BATCH_SIZE=18",
-            "--gin.shapes.shapes_settings.num_train=64",
-            "--gin.shapes.shapes_settings.num_validation=16",
-            "--gin.train_script.train.log_period=1"]
 
 
 def _console_script() -> str:
@@ -44,30 +40,6 @@ def test_missing_task_name_fails_with_hint(tmp_path):
   assert proc.returncode != 0
   assert "MIXTURE_OR_TASK_NAME is unset: pass --gin.MIXTURE_OR_TASK_NAME=" in proc.stderr, \
       proc.stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_train_then_resume(tmp_path):
-  model_dir = str(tmp_path / "run")
-  proc = _run(_console_script(), "train", *TINY_RUN, f"--gin.MODEL_DIR={model_dir}",
-              "--gin.TRAIN_STEPS=2")
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  assert "step 2/2 | loss" in proc.stderr
-  assert os.path.isdir(os.path.join(model_dir, "checkpoints", "2", "state"))
-  assert os.path.isdir(os.path.join(model_dir, "checkpoints", "2", "dataset"))
-  assert os.path.isdir(os.path.join(model_dir, "checkpoints", "2", "sampler"))
-  assert glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))
-  assert "MIXTURE_OR_TASK_NAME = 'shapes_pretrain'" in open(
-      os.path.join(model_dir, "config.gin")).read()
-  with open(os.path.join(model_dir, "sampling.jsonl")) as f:
-    assert len(f.readlines()) == 2  # One line per log period (1 step here).
-
-  proc = _run(_console_script(), "train", *TINY_RUN, f"--gin.MODEL_DIR={model_dir}",
-              "--gin.TRAIN_STEPS=3")
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  assert "Resuming from checkpoint at step 2" in proc.stderr
-  assert "step 3/3 | loss" in proc.stderr and "step 1/" not in proc.stderr
-  assert os.path.isdir(os.path.join(model_dir, "checkpoints", "3", "state"))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunable")

@@ -1,5 +1,5 @@
-"""The README's "Register a new task" example runs, and its gin snippets name real
-configurables."""
+"""docs/register_a_task.md's example runs, and the gin snippets of it and of the README
+name real configurables."""
 import json
 import os
 import re
@@ -11,21 +11,22 @@ import vlpretrain.tasks  # pylint: disable=unused-import
 from fixture_images import write_jpeg
 from real_task_helpers import bind_test_settings, texts
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "README.md")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(REPO, "README.md")
+REGISTER_DOC = os.path.join(REPO, "docs", "register_a_task.md")
 
 
-def _blocks(section: str, kind: str):
-  text = open(README).read()
-  body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+def _blocks(section: str, kind: str, path: str = README):
+  text = open(path).read()
+  body = text.split(f"{section}\n", 1)[1].split("\n## ", 1)[0]
   return [code for lang, code in re.findall(r"```(\w*)\n(.*?)```", body, re.S)
           if lang == kind]
 
 
 def test_register_a_new_task_example(tmp_path, clean_gin):
-  (code,) = _blocks("Register a new task", "python")
+  (code,) = _blocks("# Register a new task", "python", REGISTER_DOC)
   namespace = {"__name__": "readme_example"}
-  exec(compile(code, README, "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(code, REGISTER_DOC, "exec"), namespace)  # pylint: disable=exec-used
   try:
     write_jpeg(str(tmp_path / "a.jpg"))
     write_jpeg(str(tmp_path / "b.jpg"), (0, 0, 200))
@@ -44,8 +45,9 @@ def test_register_a_new_task_example(tmp_path, clean_gin):
 
 
 def test_readme_gin_bindings_name_real_configurables(clean_gin):
-  snippets = _blocks("Registered tasks and mixtures", "") + [
-      b for b in _blocks("Register a new task", "") if "my_captions_source" in b]
+  snippets = _blocks("## Registered tasks and mixtures", "gin") + [
+      b for b in _blocks("# Register a new task", "gin", REGISTER_DOC)
+      if "my_captions_source" in b]
   assert len(snippets) == 2
   for snippet in snippets:
     lines = [l for l in snippet.splitlines()

@@ -122,4 +122,4 @@ def test_gins_bind_infer_eval(clean_gin, tmp_path):
   assert cfg.task_feature_lengths == {"inputs": 24, "targets": 4}
   [(task, [fn])] = bindings["infer_eval_metric_fns"].items()
   assert (task, fn.__name__) == ("easy_vqa", "easy_vqa_accuracy_by_type")
-  assert bindings["eval_period"] == gin.query_parameter("%TRAIN_STEPS") == 800  # At the end.
+  assert bindings["eval_period"] == gin.query_parameter("%TRAIN_STEPS") == 1500  # At the end.

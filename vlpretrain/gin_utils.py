@@ -263,8 +263,14 @@ def verbose() -> bool:
   return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
 
 
+# Libraries whose warnings are routine: orbax warns on every read-only restore ("Given
+# directory is read only", "Metadata file does not exist").
+_ROUTINE_WARNINGS = (os.sep + "orbax" + os.sep,)
+
+
 class _OwnInfoOnly(pylogging.Filter):
-  """Keeps INFO lines of vlpretrain's code and tools, and every warning and error.
+  """Keeps INFO lines of vlpretrain's code and tools, and every warning and error
+  except orbax's routine ones.
 
   Hidden: the libraries' INFO lines a CPU user sees on every command (jax probing for
   a TPU, orbax's dozens of lines per save and restore, TensorFlow's "Sharding callback
@@ -272,9 +278,11 @@ class _OwnInfoOnly(pylogging.Filter):
   """
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    if record.levelno > pylogging.INFO or verbose():
+    if verbose() or record.levelno > pylogging.WARNING:
       return True
     path = os.path.normpath(record.pathname or "")
+    if record.levelno == pylogging.WARNING:
+      return not any(part in path for part in _ROUTINE_WARNINGS)
     return path.startswith(_OWN_CODE) or record.name == "__main__"
 
 

@@ -260,7 +260,7 @@ def make_scene(seed: int, split: str, index: int, image_size: int = 64,
   rng = random.Random(f"shapes/{seed}/{split}/{index}")  # Seeded by SHA-512.
   # Light backgrounds and mostly single large-ish objects, as in easy-VQA: on the
   # earlier mid-grey, four-object scenes jar_tiny learnt no shapes in 600 steps
-  # (README, "Shape questions after the shapes-world pretraining").
+  # (docs/shape_questions_pretraining.md).
   objects = _layout(rng)
   grey = rng.randint(205, 240)
   background = tuple(min(255, grey + rng.randint(-8, 8)) for _ in range(3))

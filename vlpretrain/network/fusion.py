@@ -81,7 +81,7 @@ class JAR(nn.Module):
       tokens and the text's padding mask). Resampling pays off where tokens are many
       ("particularly important for the visual features", sec. 3.1); with few tokens
       and towers trained from scratch, the resampled question loses the one word an
-      answer hinges on (README, "JAR tiny and comparison questions").
+      answer hinges on (docs/jar_tiny_comparison_questions.md).
   """
   num_latents: int = 64
   num_iterations: int = 4
