@@ -73,3 +73,17 @@ def test_bench_input_writes_its_json(tmp_path, clean_gin):
       "encoder_input_tokens", "image"]
   assert saved["gin_bindings"] == ["shapes.shapes_settings.num_train = 64",
                                    "shapes.shapes_settings.image_size = 32"]
+
+
+def test_bench_sampler_reads_the_scalars_beside_the_gin_config_text(tmp_path):
+  """The trainer's TensorBoard events hold the gin config as text: bench_sampler's
+  reader keeps the scalars only."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.SummaryWriter(str(tmp_path / "train"))
+  writer.write_texts(0, {"config": "from __gin__ import dynamic_registration"})
+  writer.write_scalars(50, {"steps_per_sec": 4.0, "timing/step_ms": 250.0})
+  writer.write_scalars(100, {"steps_per_sec": 5.0, "timing/step_ms": 200.0})
+  writer.close()
+  scalars = _tool("bench_sampler").read_scalars(str(tmp_path))
+  assert scalars == {"steps_per_sec": {50: 4.0, 100: 5.0},
+                     "timing/step_ms": {50: 250.0, 100: 200.0}}

@@ -27,14 +27,19 @@ RUNS = {"dynamic": "shapes_pretrain", "static": "shapes_pretrain_static"}
 
 
 def read_scalars(model_dir: str) -> dict[str, dict[int, float]]:
-  """{tag: {step: value}} from MODEL_DIR/train's TensorBoard event files."""
+  """{tag: {step: value}} of the scalars in MODEL_DIR/train's TensorBoard event files."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   scalars = {}
   for path in sorted(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
-        number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
-                  else float(value.simple_value))
+        if value.HasField("tensor"):
+          array = tf.make_ndarray(value.tensor)
+          if array.dtype.kind not in "fiu" or array.size != 1:
+            continue  # Not a scalar: the gin config (text), say.
+          number = float(array)
+        else:
+          number = float(value.simple_value)
         scalars.setdefault(value.tag, {})[event.step] = number
   if not scalars:
     raise FileNotFoundError(f"No TensorBoard scalars under {model_dir}/train.")
