@@ -21,6 +21,7 @@ from vlpretrain import dynamic_mixture
 from vlpretrain import metrics
 from vlpretrain.data import easy_vqa
 from vlpretrain.data import images
+from vlpretrain.data import preprocessors
 from vlpretrain.data import vocab
 import tensorflow as tf  # After vlpretrain.data, which hides GPUs from it.
 
@@ -53,7 +54,7 @@ def easy_vqa_image(dataset: tf.data.Dataset) -> tf.data.Dataset:
 _PREPROCESSORS = [
     vqa_example,
     easy_vqa_image,
-    seqio.preprocessors.tokenize,
+    preprocessors.tokenize,
     seqio.preprocessors.append_eos_after_trim,
 ]
 

@@ -32,6 +32,7 @@ import seqio
 
 from vlpretrain import errors
 from vlpretrain.data import images
+from vlpretrain.data import preprocessors
 from vlpretrain.data import vocab
 import tensorflow as tf  # After vlpretrain.data, which hides GPUs from it.
 
@@ -146,7 +147,7 @@ def register(name: str, source: seqio.DataSource, task_preprocessors: Sequence[C
       preprocessors=[
           *task_preprocessors,
           image,
-          seqio.preprocessors.tokenize,
+          preprocessors.tokenize,
           seqio.preprocessors.append_eos_after_trim,
       ],
       output_features=output_features(),

@@ -21,6 +21,7 @@ import seqio
 
 from vlpretrain import metrics
 from vlpretrain.data import images
+from vlpretrain.data import preprocessors
 from vlpretrain.data import shapes
 from vlpretrain.data import vocab
 import tensorflow as tf  # After vlpretrain.data, which hides GPUs from it.
@@ -74,7 +75,7 @@ def _register(name, task_preprocessor, metric_fns=()):
       preprocessors=[
           task_preprocessor,
           shapes_image,
-          seqio.preprocessors.tokenize,
+          preprocessors.tokenize,
           seqio.preprocessors.append_eos_after_trim,
       ],
       output_features=output_features(),

@@ -28,6 +28,7 @@ import seqio
 
 from vlpretrain import metrics
 from vlpretrain.data import images
+from vlpretrain.data import preprocessors
 from vlpretrain.data import shapes
 from vlpretrain.data import shapes_downstream as sd
 from vlpretrain.data import video
@@ -122,7 +123,7 @@ def _register(name, task_preprocessor, metric_fns, postprocess_fn=None, image=Tr
       name,
       source=shapes.ShapesSource(),
       preprocessors=[task_preprocessor] + [shapes_tasks.shapes_image] * image + [
-          seqio.preprocessors.tokenize,
+          preprocessors.tokenize,
           seqio.preprocessors.append_eos_after_trim,
       ],
       output_features=shapes_tasks.output_features(),

@@ -68,7 +68,7 @@ def _register(name, task_preprocessor):
       preprocessors=[
           task_preprocessor,
           shapes_tasks.shapes_image,
-          seqio.preprocessors.tokenize,
+          preprocessors.tokenize,
           seqio.preprocessors.append_eos_after_trim,
       ],
       output_features=shapes_tasks.output_features(),

@@ -1,5 +1,8 @@
-"""Cached decoding equals teacher forcing; beam search finds the best sequence."""
-import flax.linen as nn
+"""Decoding with t5x's decoder contract: cached decoding equals teacher forcing, beam
+search finds the best sequence, decodes come in t5x's order (best last), prompts are
+forced."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +14,12 @@ from vlpretrain.network import fusion, t5, transformer, vit
 EOS = 1
 
 
-def _model(decode_fn=decoding.temperature_sample, **decoder_params):
+def _model(decode_fn=decoding.temperature_sample):
   network = transformer.VLTransformer(vit.vit_config("test/8", 32),
                                       t5.t5_config("test"),
                                       fusion.JAR(num_latents=4, num_iterations=2))
   vocab = seqio.PassThroughVocabulary(size=100, eos_id=EOS)
-  return models.VLEncoderDecoderModel(network, vocab, vocab, decode_fn=decode_fn,
-                                      default_decoder_params=decoder_params)
+  return models.VLEncoderDecoderModel(network, vocab, vocab, decode_fn=decode_fn)
 
 
 def _batch(length=10, seed=0):
@@ -29,9 +31,9 @@ def _batch(length=10, seed=0):
   }
 
 
-def _unbox(model, batch):
+def _params(model, batch):
   shapes = {k: v.shape for k, v in batch.items()}
-  return nn.unbox(model.get_initial_variables(jax.random.PRNGKey(1), shapes))["params"]
+  return model.get_initial_variables(jax.random.PRNGKey(1), shapes)["params"]
 
 
 def _teacher_forced(model, params, batch, sequences):
@@ -43,14 +45,17 @@ def _teacher_forced(model, params, batch, sequences):
 def test_cached_greedy_decoding_equals_teacher_forced_logits():
   model = _model()
   batch = _batch()
-  params = _unbox(model, batch)
+  params = _params(model, batch)
   memory, mask = model.module.apply({"params": params}, batch["image"],
                                     batch["encoder_input_tokens"],
                                     method=model.module.encode)
   cache = model._initial_cache(params, memory, mask, 10)
   step = model._tokens_to_logits_fn(params, memory, mask, 10)
   sequences, log_probs, step_logits = decoding.temperature_sample(
-      step, cache, batch_size=3, max_decode_len=10, eos_id=EOS, return_logits=True)
+      inputs=jnp.zeros((3, 10), jnp.int32), cache=cache, tokens_to_logits=step,
+      eos_id=EOS, return_logits=True)
+  assert sequences.shape == (3, 1, 10) and log_probs.shape == (3, 1)
+  sequences, step_logits = sequences[:, 0], step_logits[:, 0]
   forced = _teacher_forced(model, params, batch, sequences)
   np.testing.assert_allclose(np.asarray(step_logits), np.asarray(forced), atol=2e-5,
                              rtol=1e-5)
@@ -66,25 +71,30 @@ def test_cached_greedy_decoding_equals_teacher_forced_logits():
 
 
 def test_sampling_is_reproducible_and_respects_topk():
-  model = _model(temperature=1.0, topk=1)
   batch = _batch()
-  params = _unbox(model, batch)
+  model = _model(functools.partial(decoding.temperature_sample, temperature=1.0, topk=1))
+  params = _params(model, batch)
   greedy = _model().predict_batch(params, batch)
   sampled = model.predict_batch(params, batch, rng=jax.random.PRNGKey(3))
   np.testing.assert_array_equal(np.asarray(sampled), np.asarray(greedy))  # top-1 = argmax
-  hot = _model(temperature=5.0)
+  hot = _model(functools.partial(decoding.temperature_sample, temperature=5.0, topk=0))
   a = hot.predict_batch(params, batch, rng=jax.random.PRNGKey(3))
   b = hot.predict_batch(params, batch, rng=jax.random.PRNGKey(3))
   c = hot.predict_batch(params, batch, rng=jax.random.PRNGKey(4))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(np.asarray(a), np.asarray(c))
+  # Several samples per example come sorted by log-probability, the best last.
+  samples, aux = hot.predict_batch_with_aux(params, batch, rng=jax.random.PRNGKey(3),
+                                            num_decodes=4, return_all_decodes=True)
+  assert samples.shape == (3, 4, 10)
+  assert np.all(np.diff(np.asarray(aux["scores"]), axis=1) >= 0)
 
 
 def _markov_tokens_to_logits(table):
   """A decoder whose next-token distribution depends only on the previous token."""
   log_table = jnp.log(jnp.asarray(table, jnp.float32) + 1e-12)
-  def tokens_to_logits(tokens, cache):
-    return log_table[tokens[:, 0]], {"steps": cache["steps"] + 1}
+  def tokens_to_logits(state):
+    return log_table[state.cur_token[:, 0]], {"steps": state.cache["steps"] + 1}
   return tokens_to_logits
 
 
@@ -95,22 +105,31 @@ def test_beam_search_finds_the_most_likely_sequence_that_greedy_misses():
   table[2] = [0, 0.1, 0.45, 0.45]  # after a: mostly keeps going
   table[3] = [0, 0.9, 0.05, 0.05]  # after b: ends
   step = _markov_tokens_to_logits(table)
-  greedy, _ = decoding.temperature_sample(step, {"steps": jnp.zeros((1,))}, 1, 5, EOS)
-  assert greedy[0, 0] == 2  # greedy commits to "a"
-  sequences, scores = decoding.beam_search(step, {"steps": jnp.zeros((2,))}, 1, 2, 5, EOS,
+  inputs, cache = jnp.zeros((1, 5), jnp.int32), {"steps": jnp.zeros((1,))}
+  greedy, _ = decoding.temperature_sample(inputs, cache, step, EOS)
+  assert greedy[0, 0, 0] == 2  # greedy commits to "a"
+  sequences, scores = decoding.beam_search(inputs, cache, step, EOS, num_decodes=2,
                                            alpha=0.0)
-  np.testing.assert_array_equal(np.asarray(sequences[0, 0]), [3, 1, 0, 0, 0])
-  np.testing.assert_allclose(float(scores[0, 0]), np.log(0.4 * 0.9), rtol=1e-5)
-  assert float(scores[0, 0]) >= float(scores[0, 1])
+  np.testing.assert_array_equal(np.asarray(sequences[0, -1]), [3, 1, 0, 0, 0])
+  np.testing.assert_allclose(float(scores[0, -1]), np.log(0.4 * 0.9), rtol=1e-5)
+  assert float(scores[0, -1]) >= float(scores[0, 0])  # t5x's order: best last.
+  # A forced prompt: "a" first; the best continuation of it ends with EOS after "b".
+  prompt = jnp.array([[0, 2, 0, 0, 0]], jnp.int32)
+  sequences, scores = decoding.beam_search(prompt, cache, step, EOS, num_decodes=2,
+                                           alpha=0.0)
+  np.testing.assert_array_equal(np.asarray(sequences[0, -1]), [2, 3, 1, 0, 0])
+  forced, _ = decoding.temperature_sample(prompt, cache, step, EOS)
+  np.testing.assert_array_equal(np.asarray(forced[0, 0, :1]), [2])
 
 
 def test_beam_search_scores_match_teacher_forced_scores():
-  model = _model(decode_fn=decoding.beam_search, alpha=0.0)
+  model = _model(functools.partial(decoding.beam_search, alpha=0.0))
   batch = _batch(length=6)
-  params = _unbox(model, batch)
+  params = _params(model, batch)
   sequences, aux = model.predict_batch_with_aux(params, batch, num_decodes=3,
                                                 return_all_decodes=True)
   assert sequences.shape == (3, 3, 6)
+  assert np.all(np.diff(np.asarray(aux["scores"]), axis=1) >= 0)  # Increasing.
   for beam in range(3):
     seq = sequences[:, beam]
     scored = model.score_batch(params, {
@@ -119,6 +138,27 @@ def test_beam_search_scores_match_teacher_forced_scores():
         "decoder_loss_weights": _weights_through_eos(seq)})
     np.testing.assert_allclose(np.asarray(aux["scores"][:, beam]), np.asarray(scored),
                                rtol=1e-4, atol=1e-4)
+  best, best_aux = model.predict_batch_with_aux(params, batch, num_decodes=3)
+  np.testing.assert_array_equal(np.asarray(best), np.asarray(sequences[:, -1]))
+  np.testing.assert_allclose(np.asarray(best_aux["scores"]),
+                             np.asarray(aux["scores"][:, -1]))
+
+
+def test_prompt_with_targets_forces_the_prefix():
+  """prompt_with_targets: the decoder inputs (EOS dropped) are the first tokens."""
+  model = _model()
+  batch = _batch()
+  params = _params(model, batch)
+  prefix = np.array([[7, 8, EOS], [9, EOS, 0], [5, 6, 7]], np.int32)
+  decoder_inputs = np.zeros((3, 10), np.int32)
+  decoder_inputs[:, 1:4] = prefix  # Shifted right: BOS 0, then the prefix.
+  tokens = model.predict_batch_with_aux(
+      params, dict(batch, decoder_input_tokens=jnp.asarray(decoder_inputs)),
+      prompt_with_targets=True)[0]
+  tokens = np.asarray(tokens)
+  np.testing.assert_array_equal(tokens[0, :2], [7, 8])
+  np.testing.assert_array_equal(tokens[1, :1], [9])
+  np.testing.assert_array_equal(tokens[2, :3], [5, 6, 7])
 
 
 def _weights_through_eos(seq):

@@ -13,6 +13,7 @@ from test_tools import _tool
 import toy_model
 from vlpretrain import dynamic_mixture
 from vlpretrain import mixing
+from vlpretrain import models
 from vlpretrain import optimizers
 from vlpretrain import partitioning
 from vlpretrain import train as train_lib
@@ -274,14 +275,14 @@ class _KnownLossModel(toy_model.ToyModel):
   """Every target token of an example of task t costs t + 1 + the example's first input
   id / 100: per-task sums the test can compute from the batch itself."""
 
-  def loss_fn(self, params, batch, dropout_rng):
+  def loss_fn_with_example_losses(self, params, batch, dropout_rng):
     del dropout_rng
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     per_token = (batch["task_id"] + 1 + batch["encoder_input_tokens"][:, 0] / 100.0)
-    example_loss_sum = jnp.sum(weights, 1) * per_token
-    loss = jnp.sum(example_loss_sum) / jnp.sum(weights) + 0.0 * params["gate"]
-    return loss, {"loss": loss, "example_loss_sum": example_loss_sum,
-                  "example_token_count": jnp.sum(weights, 1)}
+    example = models.ExampleLosses(loss_sum=jnp.sum(weights, 1) * per_token,
+                                   weight=jnp.sum(weights, 1))
+    loss = jnp.sum(example.loss_sum) / jnp.sum(weights) + 0.0 * params["gate"]
+    return loss, {"loss": models.average(loss)}, example
 
 
 def test_train_step_per_task_loss_sums_are_the_batch_sums(tmp_path, record_batches):

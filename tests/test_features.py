@@ -54,8 +54,6 @@ def test_model_feature_lengths():
 
 
 def test_clear_errors():
-  with pytest.raises(ValueError, match="pack=False"):
-    features.VLEncDecFeatureConverter(pack=True)
   conv = features.VLEncDecFeatureConverter()
   no_image = dataset().map(lambda ex: {k: v for k, v in ex.items() if k != "image"})
   with pytest.raises(ValueError, match="no 'image' feature"):
@@ -91,3 +89,28 @@ def test_trainer_input_path(small_shapes, task):
   assert np.all(np.sum(b["decoder_target_tokens"] == 1, axis=1) == 1)  # One EOS.
   assert b["image"].min() >= -1 and b["image"].max() <= 1
   assert b["image"].std() > 0.1
+
+
+def test_tasks_keep_one_copy_of_the_image(small_shapes):
+  """No registered Task runs seqio's tokenize, which keeps `image_pretokenized` (a second
+  float copy of each image); the text features keep their pretokenized copies."""
+  from vlpretrain.data import preprocessors  # pylint: disable=g-import-not-at-top
+  for name in seqio.TaskRegistry.names():
+    task = seqio.get_mixture_or_task(name)
+    if "image" in task.output_features:
+      assert seqio.preprocessors.tokenize not in task.preprocessors, name
+  ds = seqio.get_mixture_or_task("shapes_cap").get_dataset(
+      {"inputs": 8, "targets": 24}, split="validation", shuffle=False)
+  assert "image_pretokenized" not in ds.element_spec
+  assert {"inputs_pretokenized", "targets_pretokenized", "image"} <= set(ds.element_spec)
+  # Directly: the continuous feature passes through once, the text one is copied.
+  ex = {"image": tf.zeros((2, 2, 3)), "inputs": tf.constant([3, 4])}
+  out = preprocessors.tokenize(tf.data.Dataset.from_tensors(ex), {
+      "image": seqio.ContinuousFeature(dtype=tf.float32, rank=3),
+      "inputs": seqio.Feature(seqio.PassThroughVocabulary(10))})
+  assert set(out.element_spec) == {"image", "inputs", "inputs_pretokenized"}
+
+
+def test_packing_is_refused_naming_the_binding():
+  with pytest.raises(ValueError, match=r"train/utils.DatasetConfig.pack = False"):
+    features.VLEncDecFeatureConverter(pack=True)

@@ -213,8 +213,8 @@ def test_python_source_resumes_by_skipping(clean_gin, tmp_path, caplog):
 class _NanModel(toy_model.ToyModel):
 
   def loss_fn(self, params, batch, dropout_rng):
-    loss, aux = super().loss_fn(params, batch, dropout_rng)
-    return loss * jnp.nan, dict(aux, loss=loss * jnp.nan)
+    loss, metrics = super().loss_fn(params, batch, dropout_rng)
+    return loss * jnp.nan, metrics
 
 
 def test_non_finite_loss_raises(clean_gin, toy_task, tmp_path):

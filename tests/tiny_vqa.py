@@ -22,6 +22,7 @@ from vlpretrain import models
 from vlpretrain import optimizers
 from vlpretrain import utils
 from vlpretrain.data import easy_vqa
+from vlpretrain.data import preprocessors
 from vlpretrain.data import vocab
 from vlpretrain.network import fusion, t5, transformer, vit
 
@@ -67,7 +68,7 @@ def register_task(data_dir: str) -> str:
       TASK,
       source=easy_vqa.EasyVqaSource(data_dir, validation_fraction=0.0),
       preprocessors=[easy_vqa_task.vqa_example, easy_vqa_task.easy_vqa_image,
-                     seqio.preprocessors.tokenize,
+                     preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
       output_features=easy_vqa_task.output_features(),
       metric_fns=[metrics.exact_match])
@@ -82,7 +83,7 @@ def tiny_model(model_cls=models.VLEncoderDecoderModel):
       fusion.JAR(num_iterations=1, mlp="gated_gelu", resample_image=False,
                  resample_text=False))
   v = vocab.shapes_vocabulary()
-  return model_cls(network, v, v)
+  return model_cls(network, v, v, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
 
 def write_checkpoint(model_dir: str, model=None) -> str:

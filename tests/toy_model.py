@@ -1,12 +1,15 @@
 """A throwaway model and seqio Task with the real interfaces, for fast trainer tests.
 
-`ToyModel` has the t5x BaseModel methods the trainer calls (`get_initial_variables`,
-`loss_fn`, FEATURE_CONVERTER_CLS) and greedy `predict_batch_with_aux` for inference
-evals; its params carry logical axis names, include a 1-D scale and a scalar gate (no
-weight decay), and it uses dropout, so sharding, decay masks and dropout-key handling
-are all exercised. `ToyModel(vocab_size=...)` fits a real Task's vocabulary. `register_toy_task()` registers
-'toy_task': 64 deterministic image+text examples, no tokenizer needed.
+`ToyModel` implements `models.BaseModel` (t5x's contract: `get_initial_variables` with
+`params_axes`, `loss_fn` with clu metrics, `loss_fn_with_example_losses`,
+FEATURE_CONVERTER_CLS) and greedy `predict_batch_with_aux` for inference evals. Its
+params carry logical axis names (but one, the scalar gate), include a 1-D scale and the
+gate (no weight decay), and it uses dropout, so sharding, decay masks and dropout-key
+handling are all exercised. `ToyModel(vocab_size=...)` fits a real Task's vocabulary.
+`register_toy_task()` registers 'toy_task': 64 deterministic image+text examples, no
+tokenizer needed.
 """
+from clu import metrics as clu_metrics
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from vlpretrain import models
 from vlpretrain.data import features
 
 VOCAB, EMBED, MLP = 32, 16, 32
@@ -54,19 +58,23 @@ class ToyNet(nn.Module):
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
-class ToyModel:
+class ToyModel(models.BaseModel):
   FEATURE_CONVERTER_CLS = features.VLEncDecFeatureConverter
 
   def __init__(self, vocab_size: int = VOCAB):
+    super().__init__()
     self.module = ToyNet(vocab_size=vocab_size)
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     zeros = lambda k, d: jnp.zeros(input_shapes[k], d)
-    return self.module.init(rng, zeros("image", jnp.float32),
-                            zeros("encoder_input_tokens", jnp.int32),
-                            zeros("decoder_input_tokens", jnp.int32))
+    boxed = self.module.init(rng, zeros("image", jnp.float32),
+                             zeros("encoder_input_tokens", jnp.int32),
+                             zeros("decoder_input_tokens", jnp.int32))
+    return {"params": nn.meta.unbox(boxed["params"]),
+            "params_axes": models.params_axes_of(boxed["params"])}
 
-  def loss_fn(self, params, batch, dropout_rng):
+  def loss_fn_with_example_losses(self, params, batch, dropout_rng):
+    """The mean token loss; metrics 'loss' and 'accuracy' (clu); per-example losses."""
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     logits = self.module.apply({"params": params}, batch["image"],
                                batch["encoder_input_tokens"], batch["decoder_input_tokens"],
@@ -75,15 +83,18 @@ class ToyModel:
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     token_loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None],
                                       axis=-1)[..., 0]
-    example_loss_sum = jnp.sum(token_loss * weights, axis=1)
-    example_token_count = jnp.sum(weights, axis=1)
-    num_tokens = jnp.maximum(jnp.sum(example_token_count), 1.0)
-    loss = jnp.sum(example_loss_sum) / num_tokens
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / num_tokens
-    return loss, {"loss": loss, "cross_ent_loss": loss, "z_loss": jnp.zeros(()),
-                  "accuracy": accuracy, "num_tokens": num_tokens,
-                  "example_loss_sum": example_loss_sum,
-                  "example_token_count": example_token_count}
+    example = models.ExampleLosses(loss_sum=jnp.sum(token_loss * weights, axis=1),
+                                   weight=jnp.sum(weights, axis=1))
+    loss = jnp.sum(example.loss_sum) / jnp.maximum(jnp.sum(example.weight), 1.0)
+    accuracy = clu_metrics.Accuracy.from_model_output(
+        logits=logits, labels=targets.astype(jnp.int32), mask=weights > 0)
+    return loss, {"loss": models.average(loss), "accuracy": accuracy}, example
+
+  def loss_fn(self, params, batch, dropout_rng):
+    return self.loss_fn_with_example_losses(params, batch, dropout_rng)[:2]
+
+  def score_batch(self, params, batch, return_intermediates=False):
+    raise NotImplementedError("The toy model does not score.")
 
   def predict_batch_with_aux(self, params, batch, rng=None):
     """Greedy decoding, the network re-run per position (no cache); stops at EOS (1).

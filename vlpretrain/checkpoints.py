@@ -21,7 +21,6 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 from flax import traverse_util
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -139,16 +138,14 @@ def abstract_params(model, input_shapes: Mapping[str, tuple],
   one every param lives on the first device (single-device eval/export).
   """
   def init(rng):
-    return model.get_initial_variables(rng, input_shapes, input_types)["params"]
+    return model.get_initial_variables(rng, input_shapes, input_types)
 
   ctx = partitioner.activate() if partitioner is not None else contextlib.nullcontext()
   with ctx:
-    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-  abstract = jax.tree.map(
-      lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed,
-      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    variables = jax.eval_shape(init, jax.random.PRNGKey(0))
+  abstract = variables["params"]
   if partitioner is not None:
-    shardings = partitioner.variable_shardings(boxed)
+    shardings = partitioner.param_shardings(abstract, variables.get("params_axes"))
   else:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, abstract)

@@ -6,16 +6,19 @@ shards the batch over `data`; `num_partitions > 1` shards the wide dimensions (v
 mlp, heads) over `model`.
 
     partitioner = PjitPartitioner(num_partitions=2)
-    shardings = partitioner.variable_shardings(jax.eval_shape(init_fn))   # boxed tree
+    variables = jax.eval_shape(init_fn)
+    shardings = partitioner.param_shardings(variables["params"], variables["params_axes"])
     with partitioner.activate():                  # mesh + rules while tracing
-      state = jax.jit(init_fn, out_shardings=shardings)()
+      params = jax.jit(lambda: init_fn()["params"], out_shardings=shardings)()
 """
 import contextlib
 import math
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
+import flax
 import flax.linen as nn
+from flax.linen import partitioning as flax_partitioning
 import gin
 import jax
 import numpy as np
@@ -136,13 +139,18 @@ class PjitPartitioner:
     """Leading (batch) dimension over 'data', everything else replicated."""
     return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
-  def variable_shardings(self, boxed_tree: Any) -> Any:
-    """`NamedSharding`s for a tree of `nn.LogicallyPartitioned` boxes (or abstract ones).
-
-    The result has the structure of the *unboxed* tree; unboxed leaves are replicated.
-    """
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), self.mesh,
-                                       self.logical_axis_rules)
+  def param_shardings(self, params: Any, params_axes: Optional[Any] = None) -> Any:
+    """`NamedSharding`s for `params` (arrays or ShapeDtypeStructs) from their logical
+    axis names: the `params_axes` collection of `get_initial_variables` (t5x's and
+    flax's `<name>_axes: AxisMetadata(names)` layout). A param without names is
+    replicated."""
+    specs = (flax_partitioning.get_axis_names(params_axes) if params_axes else {})
+    flat_specs = flax.traverse_util.flatten_dict(flax.core.unfreeze(specs))
+    flat_params = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    logical = {path: flat_specs.get(path, jax.sharding.PartitionSpec())
+               for path in flat_params}
+    shardings = nn.logical_to_mesh_sharding(logical, self.mesh, self.logical_axis_rules)
+    return flax.traverse_util.unflatten_dict(shardings)
 
   def optimizer_state_shardings(self, abstract_opt_state: Any, abstract_params: Any,
                                 param_shardings: Any) -> Any:

@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -39,6 +38,7 @@ from vlpretrain import dynamic_mixture
 from vlpretrain import errors
 from vlpretrain import gin_utils
 from vlpretrain import inference
+from vlpretrain import models
 from vlpretrain import partitioning
 from vlpretrain import utils
 from vlpretrain.data import bad_data
@@ -228,7 +228,8 @@ def train(*,
     eval_period: steps between evals (both kinds).
     log_period: steps between log lines and metric writes.
     random_seed: seeds init and dropout (None: a fresh seed, logged).
-    optimizer: an optax transformation (pretrain.gin: `optimizers.adamw`).
+    optimizer: an optax transformation (pretrain.gin: `optimizers.adamw`); None takes
+      the model's `optimizer_def` if that is one.
     learning_rate_fn: the schedule the optimizer uses; only for logging.
     make_sampler: builds the per-batch task sampler when the training data is a
       `dynamic_mixture.DynamicMixture` (gin: dynamic_mixture.make_sampler.strategy).
@@ -249,8 +250,12 @@ def train(*,
         "TASK_FEATURE_LENGTHS is unset: pass e.g. "
         "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 32, 'targets': 32}\".")
   if optimizer is None:
-    raise errors.ConfigError("train.optimizer is unset: bind train_script.train.optimizer = "
-                             "@optimizers.adamw() (runs/pretrain.gin does).")
+    optimizer = getattr(model, "optimizer_def", None)
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise errors.ConfigError(
+        "train_script.train.optimizer is unset and the model's optimizer_def is not an "
+        "optax transformation: bind train_script.train.optimizer = @optimizers.adamw() "
+        "(runs/pretrain.gin does).")
   if not model_dir:
     raise errors.ConfigError("MODEL_DIR is empty: pass --gin.MODEL_DIR=/path/to/run.")
   utils.check_writable_dir(model_dir, "MODEL_DIR")
@@ -359,7 +364,8 @@ def train(*,
 
   # ---------------------------------------------------------------------------
   # Model and optimizer, created directly sharded. Shapes come from eval_shape (no
-  # memory); the boxed params' logical axis names give their shardings.
+  # memory); the params' logical axis names (the `params_axes` collection of
+  # get_initial_variables) give their shardings.
   # ---------------------------------------------------------------------------
   init_batch = partitioner.data_axis_size  # Param shapes do not depend on it.
   input_shapes = {k: (init_batch,) + tuple(example_spec[k].shape)
@@ -367,21 +373,21 @@ def train(*,
   input_types = {k: example_spec[k].dtype.as_numpy_dtype for k in _INIT_FEATURES}
   init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(random_seed))
 
-  def init_boxed(rng):
-    params = model.get_initial_variables(rng, input_shapes, input_types)["params"]
-    return params, optimizer.init(nn.meta.unbox(params))
+  def init_params(rng):
+    return model.get_initial_variables(rng, input_shapes, input_types)["params"]
 
   def init_state(rng):
-    params, opt_state = init_boxed(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": nn.meta.unbox(params),
-            "opt_state": opt_state}
+    params = init_params(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": optimizer.init(params)}
 
   with partitioner.activate():
-    boxed_params, abstract_opt_state = jax.eval_shape(init_boxed, init_rng)
-  abstract_params = jax.tree.map(  # Unbox without applying sharding constraints.
-      lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed_params,
-      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-  param_shardings = partitioner.variable_shardings(boxed_params)
+    abstract_variables = jax.eval_shape(
+        lambda r: model.get_initial_variables(r, input_shapes, input_types), init_rng)
+    abstract_params = abstract_variables["params"]
+    abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
+  param_shardings = partitioner.param_shardings(
+      abstract_params, abstract_variables.get("params_axes"))
   state_shardings = {
       "step": partitioner.replicated,
       "params": param_shardings,
@@ -431,8 +437,7 @@ def train(*,
                    "(in %s).", len(fresh_names), len(sources),
                    ", ".join(sorted({p.split("/")[0] for p in fresh_names})))
       with partitioner.activate():
-        fresh = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)[0]),
-                        out_shardings=param_shardings)(init_rng)
+        fresh = jax.jit(init_params, out_shardings=param_shardings)(init_rng)
     params = checkpoints.restore_params(step_dir, abstract_params, param_shardings,
                                         restore_cfg.dtype, restore_cfg.assignment_map,
                                         fresh)
@@ -459,36 +464,43 @@ def train(*,
   # ---------------------------------------------------------------------------
   # Train step: grad of the model's loss, optax update; state donated.
   # ---------------------------------------------------------------------------
+  def loss_and_aux(params, batch, dropout_rng):
+    """The model's loss; aux: its clu metrics and, on a mixture with task ids, the
+    per-task loss sums and token counts (seed 001 sec. 3.1's difficulty signal)."""
+    if task_names is None:
+      loss, metrics = model.loss_fn(params, batch, dropout_rng)
+      return loss, (metrics, None)
+    loss, metrics, example = model.loss_fn_with_example_losses(params, batch,
+                                                               dropout_rng)
+    seg = lambda x: jax.ops.segment_sum(x, batch["task_id"], len(task_names))
+    return loss, (metrics, (seg(example.loss_sum), seg(example.weight)))
+
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(dropout_key, state["step"])
-    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(state["params"], batch, dropout_rng)
+    grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
+    (loss, (metrics, task_losses)), grads = grad_fn(state["params"], batch, dropout_rng)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
-    metrics["loss"] = loss
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    if task_names is not None and "example_loss_sum" in aux:
-      seg = lambda x: jax.ops.segment_sum(x, batch["task_id"], len(task_names))
-      metrics["task_loss_sum"] = seg(aux["example_loss_sum"])
-      metrics["task_token_count"] = seg(aux["example_token_count"])
+    metrics = dict(metrics, grad_norm=models.average(optax.tree.norm(grads)))
+    step_stats = {"loss": loss}
+    if task_losses is not None:
+      step_stats["task_loss_sum"], step_stats["task_token_count"] = task_losses
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    return new_state, metrics
+    return new_state, metrics, step_stats
 
   p_train_step = jax.jit(train_step, donate_argnums=(0,),
-                         out_shardings=(state_shardings, partitioner.replicated))
+                         out_shardings=(state_shardings, partitioner.replicated,
+                                        partitioner.replicated))
 
   # ---------------------------------------------------------------------------
   # Evals: mean deterministic loss over `eval_steps` batches of a held-out split;
   # greedy decoding of a whole split and its metrics (InferenceEvaluator).
   # ---------------------------------------------------------------------------
-  def eval_step(params, batch):
-    _, aux = model.loss_fn(params, batch, None)
-    return {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
-
-  p_eval_step = jax.jit(eval_step, out_shardings=partitioner.replicated)
+  p_eval_step = jax.jit(lambda params, batch: model.eval_fn(params, batch)[1],
+                        out_shardings=partitioner.replicated)
 
   def run_train_eval(params) -> dict[str, float]:
+    """The model's eval_fn metrics, merged over `eval_steps` batches (clu)."""
     ds = utils.get_dataset(train_eval_dataset_cfg, shard.index, shard.num_shards,
                            feature_converter_cls, num_epochs=1).take(eval_steps)
     results = [p_eval_step(params, partitioner.shard_batch(b))
@@ -497,8 +509,7 @@ def train(*,
       raise errors.ConfigError(f"train_eval dataset {train_eval_dataset_cfg.split!r} of "
                                f"{train_eval_dataset_cfg.mixture_or_task_name!r} gave no "
                                "full batch: lower its batch_size.")
-    return {k: float(np.mean([r[k] for r in jax.device_get(results)]))
-            for k in results[0]}
+    return compute_metrics(merge_metrics(jax.device_get(results)))
 
   infer_eval = None
   if infer_eval_dataset_cfg:
@@ -539,15 +550,15 @@ def train(*,
       if compiled_step is None:
         compiled_step = _compile("train step", p_train_step, state, device_batch)
         t_log = time.time()
-      state, metrics = compiled_step(state, device_batch)
+      state, metrics, step_stats = compiled_step(state, device_batch)
       step += 1
       if batches is not None:  # Applies step-1's losses; keeps this step's.
-        batches.record(metrics["task_loss_sum"], metrics["task_token_count"])
+        batches.record(step_stats["task_loss_sum"], step_stats["task_token_count"])
       _raise_if_not_finite(prev)
-      prev = (step, metrics)
-      pending.append(metrics)
+      prev = (step, step_stats)
+      pending.append((metrics, step_stats))
       if step == start_step + 1 and step % log_period and step != total_steps:
-        jax.block_until_ready(metrics)  # Keep compilation out of steps/s.
+        jax.block_until_ready(metrics)  # Keep the first step out of steps/s.
         t_log, step_log = time.time(), step
 
       if step % log_period == 0 or step == total_steps:
@@ -667,11 +678,11 @@ def _sampling_summary(step, batches, task_names, summary, sampling_log):
   return scalars
 
 
-def _raise_if_not_finite(step_and_metrics):
-  if step_and_metrics is None:
+def _raise_if_not_finite(step_and_stats):
+  if step_and_stats is None:
     return
-  step, metrics = step_and_metrics
-  loss = float(metrics["loss"])
+  step, stats = step_and_stats
+  loss = float(stats["loss"])
   if not np.isfinite(loss):
     raise FloatingPointError(
         f"Non-finite loss {loss} at step {step}. Lower the learning rate "
@@ -679,13 +690,23 @@ def _raise_if_not_finite(step_and_metrics):
         "resume from an earlier checkpoint in MODEL_DIR/checkpoints.")
 
 
-def _summarize(per_step: Sequence[Mapping[str, Any]], task_names) -> dict[str, float]:
-  """Means of the scalar metrics over the period, and per-task token-weighted losses."""
-  summary = {k: float(np.mean([m[k] for m in per_step]))
-             for k in per_step[0] if np.ndim(per_step[0][k]) == 0}
-  if task_names is not None and "task_loss_sum" in per_step[0]:
-    loss_sum = np.sum([m["task_loss_sum"] for m in per_step], axis=0)
-    count = np.sum([m["task_token_count"] for m in per_step], axis=0)
+def merge_metrics(per_step: Sequence[Mapping[str, Any]]) -> dict:
+  """clu metrics of several steps (or batches) merged into one per name."""
+  return {k: functools.reduce(lambda a, b: a.merge(b), [m[k] for m in per_step])
+          for k in per_step[0]}
+
+
+def compute_metrics(merged: Mapping[str, Any]) -> dict[str, float]:
+  return {k: float(np.asarray(m.compute())) for k, m in merged.items()}
+
+
+def _summarize(per_step: Sequence[tuple], task_names) -> dict[str, float]:
+  """The period's clu metrics merged and computed, and per-task token-weighted losses."""
+  summary = compute_metrics(merge_metrics([metrics for metrics, _ in per_step]))
+  stats = [s for _, s in per_step]
+  if task_names is not None and "task_loss_sum" in stats[0]:
+    loss_sum = np.sum([m["task_loss_sum"] for m in stats], axis=0)
+    count = np.sum([m["task_token_count"] for m in stats], axis=0)
     for name, l, c in zip(task_names, loss_sum, count):
       if c > 0:
         summary[f"task_loss/{name}"] = float(l / c)

@@ -17,6 +17,8 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from vlpretrain import errors
+
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 IMAGE = FeatureSpec(dtype=tf.float32, rank=3)
 TASK_ID = FeatureSpec(dtype=tf.int32, rank=0)
@@ -28,8 +30,11 @@ class VLEncDecFeatureConverter(seqio.EncDecFeatureConverter):
   def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
                apply_length_check: bool = True, bos_id: int = 0):
     if pack:
-      raise ValueError("VLEncDecFeatureConverter cannot pack examples (each has its "
-                       "own image): pass pack=False.")
+      raise errors.ConfigError(
+          "VLEncDecFeatureConverter cannot pack examples (each has its own image): bind "
+          "pack = False in the DatasetConfig (t5x's runs/pretrain.gin packs: "
+          "train/utils.DatasetConfig.pack = False and "
+          "train_eval/utils.DatasetConfig.pack = False; gin/t5x/*.gin do so).")
     super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
                      apply_length_check=apply_length_check, bos_id=bos_id)
 

@@ -1,7 +1,7 @@
 """seqio preprocessors: raw examples -> {"image", "inputs", "targets"} text.
 
 Put these first in a Task's preprocessors, before the image is decoded and before
-`seqio.preprocessors.tokenize` (see tasks/shapes.py). Raw features read:
+`tokenize` (below; see tasks/shapes.py). Raw features read:
   image       passed through unchanged (and hashed for seeds, see below).
   caption     tf.string scalar (text tasks: cap, cmp, mlm, itm).
   labels      tf.string vector of image-level class names (object-aware tasks).
@@ -19,8 +19,9 @@ num_parallel_calls (except image_text_matching's choice of negative caption, whi
 comes from earlier examples of the stream). The same example gets the same mask in
 every epoch (static masking).
 """
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import seqio
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -112,6 +113,21 @@ def _prompt(prompt, text):
 # ---------------------------------------------------------------------------
 # Cross-modal tasks (seed 001 sec. 3 and app. B; seed 000 A.3).
 # ---------------------------------------------------------------------------
+def tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
+             copy_pretokenized: bool = True, with_eos: bool = False) -> tf.data.Dataset:
+  """seqio.preprocessors.tokenize for the text features only.
+
+  seqio's tokenizes every output feature and, with `copy_pretokenized`, keeps each one
+  as `<name>_pretokenized`: for the image (a `seqio.ContinuousFeature`) that is a second
+  float copy of every image, in shuffle buffers and in what t5x's infer writes.
+  Continuous features here pass through as they are, once.
+  """
+  text = {k: f for k, f in output_features.items()
+          if not isinstance(f, seqio.ContinuousFeature)}
+  return seqio.preprocessors.tokenize(dataset, text, copy_pretokenized=copy_pretokenized,
+                                      with_eos=with_eos)
+
+
 def drop_empty_captions(ds: tf.data.Dataset) -> tf.data.Dataset:
   """Drops examples whose caption is empty or whitespace.
 
