@@ -258,3 +258,22 @@ def test_a_mistake_is_one_line_exit_2_and_leaves_nothing(tmp_path, mistake, args
   if "macro" in message:
     verbose = _vlpretrain(*map(fill, args), "--verbosity=1", cwd=root, timeout=300)
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_model_gins_import_no_entry_point():
+  """gin/models/*.gin define MODEL for vlpretrain's runs and for t5x's: parsing one
+  imports neither vlpretrain's trainer (its absl flags collide with t5x's) nor
+  vlpretrain.utils (its gin names, `utils.DatasetConfig` ..., are t5x's too)."""
+  code = (
+      "import glob, sys, gin\n"
+      "gin.add_config_file_search_path('gin')\n"
+      "for path in sorted(glob.glob('gin/models/*.gin')):\n"
+      "  gin.clear_config(clear_constants=True)\n"
+      "  gin.parse_config_file(path)\n"
+      "  gin.query_parameter('%MODEL')\n"
+      "loaded = [m for m in ('vlpretrain.train', 'vlpretrain.utils', 'vlpretrain.gin_utils',"
+      " 'vlpretrain.eval', 'vlpretrain.infer') if m in sys.modules]\n"
+      "assert not loaded, loaded\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import seqio
 import tensorflow as tf
@@ -70,6 +71,20 @@ def test_learning_rate_schedule_values():
       pytest.approx(3e-4)
   with pytest.raises(ValueError, match="factors"):
     utils.create_learning_rate_scheduler("constant * rsqrt_decay")
+
+
+def test_t5x_schedule_parameters_give_t5x_values_in_the_first_cycle():
+  """steps_per_cycle and step_offset mean what they mean in t5x: t5x's formula,
+  min(1, s/warmup) * 0.5 (1 + cos(pi * max(0, s - warmup) / steps_per_cycle)) at
+  s = max(0, step - step_offset), for steps in the first cycle."""
+  lr = utils.create_learning_rate_scheduler(
+      base_learning_rate=2.0, warmup_steps=10, steps_per_cycle=40, step_offset=5)
+  def t5x(step):
+    s = max(0, step - 5)
+    return 2.0 * min(1.0, s / 10) * 0.5 * (1 + np.cos(np.pi * max(0, s - 10) / 40))
+  steps = (0, 5, 10, 15, 25, 35, 45, 55)
+  np.testing.assert_allclose([float(lr(s)) for s in steps], [t5x(s) for s in steps],
+                             atol=1e-6)
 
 
 def test_decay_mask_selects_kernels_by_name():
@@ -140,7 +155,8 @@ def test_adamw_decays_kernels_only_and_clips_the_global_norm():
 
 
 def _train(model_dir, steps, task, *, save_dataset=True, period=2, model=None,
-           restore_path=None, assignment_map=None, random_seed=None):
+           restore_path=None, assignment_map=None, random_seed=None, save_kw=None,
+           restore_kw=None):
   lr = utils.create_learning_rate_scheduler(base_learning_rate=1e-2, warmup_steps=2,
                                             decay_steps=8)
   return train_lib.train(
@@ -151,9 +167,10 @@ def _train(model_dir, steps, task, *, save_dataset=True, period=2, model=None,
       model_dir=str(model_dir), total_steps=steps,
       checkpoint_cfg=utils.CheckpointConfig(
           save=utils.SaveCheckpointConfig(period=period, keep=2,
-                                          save_dataset=save_dataset),
+                                          save_dataset=save_dataset, **(save_kw or {})),
           restore=utils.RestoreCheckpointConfig(path=restore_path,
-                                                assignment_map=assignment_map)),
+                                                assignment_map=assignment_map,
+                                                **(restore_kw or {}))),
       log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
       **({} if random_seed is None else {"random_seed": random_seed}))
 
@@ -262,6 +279,39 @@ def test_warm_start_assignment_map_leaves_matched_params_fresh(clean_gin, toy_ta
   with pytest.raises(ValueError, match=r"assignment_map.*\['decoder/.\*'\] match no param"):
     _train(tmp_path / "typo", 0, toy_task, restore_path=ckpt,
            assignment_map=(("decoder/.*", None),))
+
+
+def test_checkpoint_steps_saves_at_those_steps_too(clean_gin, toy_task, tmp_path):
+  """SaveCheckpointConfig.checkpoint_steps (t5x's): saves besides every `period`."""
+  _train(tmp_path / "run", 4, toy_task, period=100, save_kw={"checkpoint_steps": [1, 3]})
+  assert checkpoints.checkpoint_steps(str(tmp_path / "run" / "checkpoints")) == [3, 4]  # keep=2
+
+
+def test_fallback_to_scratch_when_the_warm_start_has_no_checkpoint(clean_gin, toy_task,
+                                                                 tmp_path, caplog):
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    _train(tmp_path / "strict", 0, toy_task, restore_path=missing)
+  with caplog.at_level(logging.WARNING):
+    step, _ = _train(tmp_path / "fallback", 1, toy_task, restore_path=missing,
+                     restore_kw={"fallback_to_scratch": True})
+  assert step == 1 and "fallback_to_scratch=True" in caplog.text
+
+
+def test_warm_start_from_a_t5x_model_dir(clean_gin, toy_task, tmp_path):
+  """t5x's orbax layout, MODEL_DIR/checkpoint_<step>/state = {'target': params, 'state':
+  ...}: its latest step's params are read (the optimizer state is not)."""
+  _, source = _train(tmp_path / "source", 2, toy_task)
+  t5x_dir = tmp_path / "t5x"
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    for step, scale in ((3, 0.0), (5, 1.0)):  # The latest, 5, must be the one read.
+      checkpointer.save(t5x_dir / f"checkpoint_{step}" / "state", {
+          "target": jax.tree.map(lambda x: x * scale, source["params"]),
+          "state": {"step": np.int32(step)}})
+  [(step_dir, step)] = checkpoints.resolve(str(t5x_dir))
+  assert step == 5 and step_dir.endswith("checkpoint_5")
+  _, state = _train(tmp_path / "warm", 0, toy_task, restore_path=str(t5x_dir))
+  _assert_same_params(source["params"], state["params"])
 
 
 def test_assignment_map_renames_and_checks_shapes(clean_gin, toy_task, tmp_path):

@@ -24,12 +24,15 @@ from flax import traverse_util
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from vlpretrain import checkpoint_formats
 from vlpretrain import errors
 
 STATE_ITEM = "state"
+T5X_PREFIX = "checkpoint_"  # t5x names its step directories checkpoint_<step>.
 
 
 def _abspath(path: str) -> str:
@@ -75,7 +78,25 @@ def _manager_dir(path: str) -> str:
 def step_dir_step(step_dir: str) -> Optional[int]:
   """The step of a step directory (its name), or None if the name is not a number."""
   name = os.path.basename(os.fspath(step_dir).rstrip("/"))
+  name = name[len(T5X_PREFIX):] if name.startswith(T5X_PREFIX) else name
   return int(name) if name.isdigit() else None
+
+
+def _is_step_dir(path: str) -> bool:
+  """A step directory of any format checkpoint_formats reads, or an .npz file."""
+  return (path.endswith(".npz") or _isdir(os.path.join(path, STATE_ITEM))
+          or tf.io.gfile.exists(os.path.join(path, checkpoint_formats.LEGACY_FILE)))
+
+
+def t5x_checkpoint_steps(directory: str) -> list[int]:
+  """The steps of the `checkpoint_<step>` directories t5x writes in its MODEL_DIR."""
+  steps = []
+  for name in tf.io.gfile.listdir(directory):
+    name = name.rstrip("/")
+    step = step_dir_step(name) if name.startswith(T5X_PREFIX) else None
+    if step is not None and _is_step_dir(os.path.join(directory, name)):
+      steps.append(step)
+  return sorted(steps)
 
 
 def resolve(path: Optional[str], mode: str = "latest",
@@ -84,7 +105,10 @@ def resolve(path: Optional[str], mode: str = "latest",
 
   mode='latest': `path` is a MODEL_DIR/checkpoints directory (or the MODEL_DIR); its
     latest step, or each of `steps` (a list, or 'all') when given.
-  mode='specific': `path` is one step directory (holding 'state').
+  mode='specific': `path` is one step directory (holding 'state'), or a checkpoint of
+    another format that checkpoint_formats reads (t5x's checkpoint_<step>, big_vision's
+    .npz).
+  t5x's MODEL_DIR (checkpoint_<step> directories) is read as well, in either mode.
   """
   if not path:
     raise errors.ConfigError(
@@ -95,18 +119,29 @@ def resolve(path: Optional[str], mode: str = "latest",
     raise errors.ConfigError(f"utils.RestoreCheckpointConfig.mode={mode!r} is not supported; "
                              f"use one of {list(MODES)}.")
   path = _abspath(path).rstrip("/")
+  if path.endswith(".npz") or (os.path.basename(path).startswith(T5X_PREFIX)
+                               and _is_step_dir(path)):
+    if steps is not None:
+      raise errors.ConfigError(f"checkpoint steps were given for {path!r}, one checkpoint.")
+    checkpoint_formats.detect(path)  # A missing .npz file: a clear error here.
+    return [(path, step_dir_step(path))]  # One checkpoint of t5x or big_vision: either mode.
   if mode == "specific":
     if steps is not None:
       raise errors.ConfigError("checkpoint steps were given with mode='specific' (one step "
                                "directory): use mode='latest' with the checkpoints directory.")
-    if not _isdir(os.path.join(path, STATE_ITEM)):
+    if not _is_step_dir(path):
       raise errors.MissingPathError(
-          f"{path!r} is not a checkpoint step directory (it has no {STATE_ITEM!r}). "
+          f"{path!r} is not a checkpoint step directory (it has no {STATE_ITEM!r}, nor "
+          f"t5x's {checkpoint_formats.LEGACY_FILE!r} file). "
           "With utils.RestoreCheckpointConfig.mode='specific' point CHECKPOINT_PATH at "
           "MODEL_DIR/checkpoints/<step>; or use mode='latest' with MODEL_DIR/checkpoints.")
     return [(path, step_dir_step(path))]
   directory = _manager_dir(path)
-  if _isdir(os.path.join(directory, STATE_ITEM)):
+  if _isdir(directory) and not _isdir(os.path.join(directory, STATE_ITEM)):
+    t5x_steps = t5x_checkpoint_steps(directory)
+    if t5x_steps:  # A t5x MODEL_DIR.
+      return _choose(directory, t5x_steps, steps, lambda s: f"{T5X_PREFIX}{s}")
+  if _is_step_dir(directory):
     raise errors.ConfigError(
         f"{directory!r} is a single step directory: use "
         "utils.RestoreCheckpointConfig.mode='specific' for it, or point the path at its "
@@ -116,6 +151,10 @@ def resolve(path: Optional[str], mode: str = "latest",
     raise errors.MissingPathError(
         f"{directory!r} holds no finished checkpoint steps. Point CHECKPOINT_PATH at a "
         "MODEL_DIR/checkpoints directory written by `vlpretrain train`.")
+  return _choose(directory, available, steps, str)
+
+
+def _choose(directory, available, steps, dirname) -> list[tuple[str, int]]:
   if steps is None:
     chosen = [available[-1]]
   elif steps == "all":
@@ -126,7 +165,14 @@ def resolve(path: Optional[str], mode: str = "latest",
       raise errors.MissingPathError(f"Checkpoint steps {missing} are not in {directory!r} "
                                     f"(it has {available}).")
     chosen = sorted(set(int(s) for s in steps))
-  return [(os.path.join(directory, str(s)), s) for s in chosen]
+  return [(os.path.join(directory, dirname(s)), s) for s in chosen]
+
+
+def resolve_each(paths, mode: str = "latest") -> list[str]:
+  """The step directory of each of `paths` (one path or a list: a warm start from a
+  T5 checkpoint and a ViT .npz), in order."""
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  return [resolve(p, mode)[0][0] for p in paths]
 
 
 def abstract_params(model, input_shapes: Mapping[str, tuple],
@@ -204,66 +250,87 @@ def assign(abstract, assignment_map: Optional[Sequence[Tuple[str, Optional[str]]
   return sources
 
 
-def restore_params(step_dir: str, abstract, shardings, dtype: Optional[str] = None,
+def restore_params(step_dirs, abstract, shardings, dtype: Optional[str] = None,
                    assignment_map: Optional[Sequence[Tuple[str, Optional[str]]]] = None,
-                   fresh=None):
-  """The 'params' of the checkpoint in `step_dir` (a MODEL_DIR/checkpoints/<step>).
+                   fresh=None, strict: bool = True):
+  """The params of the checkpoint(s) `step_dirs`, as the model `abstract` names them.
 
-  `abstract`/`shardings` (from `abstract_params`) give the tree, shapes and placement;
-  a param missing from the checkpoint, or with another shape, is an error naming it.
+  `step_dirs`: one checkpoint or a list, in any format `checkpoint_formats` reads
+  (vlpretrain's or t5x's step directories, t5x's msgpack checkpoints, big_vision
+  .npz files); each param is read from the first that holds its source name (a T5
+  checkpoint and a ViT .npz warm-start one model). `abstract`/`shardings` (from
+  `abstract_params`) give the tree, shapes and placement. `assignment_map` (see
+  `assign`) renames params or leaves some unread; those come from `fresh` (a params
+  tree like `abstract`, e.g. a fresh initialisation). A param in no checkpoint is an
+  error naming it, or with `strict=False` (t5x's `RestoreCheckpointConfig.strict`)
+  comes from `fresh` too. A stored shape that is not the model's is an error unless it
+  is the same array with axes merged (t5x's flattened attention kernels), or a ViT
+  position embedding with one extra (class token) row, which is dropped.
   `dtype` casts floating-point params (e.g. 'bfloat16'); None keeps the model's dtype.
-  `assignment_map` (see `assign`) renames params or leaves some unread; those come from
-  `fresh` (a params tree like `abstract`, e.g. a fresh initialisation), required then.
   """
-  state_dir = os.path.join(_abspath(step_dir), STATE_ITEM)
-  if not _isdir(state_dir):
-    raise errors.MissingPathError(f"No checkpoint state at {state_dir!r}.")
+  if isinstance(step_dirs, str):
+    step_dirs = [step_dirs]
+  readers = [checkpoint_formats.open_reader(d) for d in step_dirs]
+  where = " or ".join(repr(d) for d in step_dirs)
   sources = assign(abstract, assignment_map)
   targets = _target(abstract, shardings, dtype)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(targets)
   names = [param_path(key_path) for key_path, _ in leaves]
-  if fresh is None and None in sources.values():
-    raise ValueError("restore_params: the assignment map leaves params unread; pass "
-                     "`fresh` params for them.")
-  stored = _stored_shapes(state_dir)
-  read = {}  # Checkpoint path -> target leaf, nested below as the checkpoint stores it.
+  plan = {}  # Model param -> (reader, checkpoint param), for the params read.
   for name, (_, leaf) in zip(names, leaves):
     source = sources[name]
     if source is None:
       continue
-    if source not in stored:
+    reader = next((r for r in readers if source in r.shapes), None)
+    if reader is None:
+      if not strict:
+        sources[name] = None
+        continue
       raise errors.ConfigError(
-          f"The checkpoint {step_dir!r} has no param {source!r} (for the model's "
-          f"{name!r}): check that the model gin matches the one it was trained with, or "
-          "map the param elsewhere with utils.RestoreCheckpointConfig.assignment_map.")
-    if stored[source] != tuple(leaf.shape):
+          f"The checkpoint {where} has no param {source!r} (for the model's {name!r}): "
+          "check that the model gin matches the one it was trained with, map the param "
+          "elsewhere with utils.RestoreCheckpointConfig.assignment_map, or set "
+          "utils.RestoreCheckpointConfig.strict=False to initialise such params afresh.")
+    stored = reader.shapes[source]
+    if not (checkpoint_formats.reshapes_to(stored, leaf.shape)
+            or _is_class_token_posemb(name, stored, leaf.shape)):
       raise errors.ConfigError(
-          f"Checkpoint {step_dir!r}: param {source!r} has shape {stored[source]}, the "
+          f"Checkpoint {reader.path!r}: param {source!r} has shape {stored}, the "
           f"model's {name!r} expects {tuple(leaf.shape)}: the model gin does not match "
-          "the one the checkpoint was trained with.")
-    read[tuple(source.split("/"))] = leaf
-  logging.info("Restoring %d of %d params from %s.", len(read), len(leaves), state_dir)
-  target = {"params": traverse_util.unflatten_dict(read)}
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    restored = checkpointer.restore(
-        state_dir, args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-  got = traverse_util.flatten_dict(restored["params"])
+          "the checkpoint's model (sizes, vocabulary, image or patch size).")
+    plan[name] = (reader, source)
+  if fresh is None and None in (sources[n] for n in names):
+    raise ValueError("restore_params: some params are not read from the checkpoint; pass "
+                     "`fresh` params for them.")
+  got = {}
+  for reader in readers:
+    mine = {n: s for n, (r, s) in plan.items() if r is reader}
+    if not mine:
+      continue
+    logging.info("Restoring %d of %d params from %s (%s checkpoint).", len(mine),
+                 len(leaves), reader.path, reader.kind)
+    by_source = dict(zip(names, (leaf for _, leaf in leaves)))
+    posemb = {n: s for n, s in mine.items()
+              if _is_class_token_posemb(n, reader.shapes[s], by_source[n].shape)}
+    read = reader.read({s: by_source[n] for n, s in mine.items() if n not in posemb})
+    for n, s in mine.items():
+      if n in posemb:
+        logging.info("%s: dropping the class token's row of %s %s.", n, s,
+                     reader.shapes[s])
+        got[n] = checkpoint_formats._place(
+            np.asarray(reader.read_host([s])[s])[:, 1:], by_source[n])
+      else:
+        got[n] = read[s]
   fresh_leaves = jax.tree.leaves(fresh) if fresh is not None else [None] * len(leaves)
-  params = []
-  for name, (_, leaf), fresh_leaf in zip(names, leaves, fresh_leaves):
-    source = sources[name]
-    params.append(jnp.asarray(fresh_leaf, leaf.dtype) if source is None
-                  else got[tuple(source.split("/"))])
+  params = [jnp.asarray(fresh_leaf, leaf.dtype) if name not in got else got[name]
+            for name, (_, leaf), fresh_leaf in zip(names, leaves, fresh_leaves)]
   return jax.tree_util.tree_unflatten(treedef, params)
 
 
-def _stored_shapes(state_dir: str) -> dict[str, tuple]:
-  """The shapes of the params stored in a checkpoint's state, by `param_path`."""
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    metadata = checkpointer.metadata(state_dir)
-  tree = getattr(metadata, "item_metadata", metadata)
-  return {param_path(key_path): tuple(leaf.shape)
-          for key_path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])}
+def _is_class_token_posemb(name: str, stored: tuple, target: tuple) -> bool:
+  """A ViT position embedding stored with a class token's row first (big_vision's
+  'token' pooling, vision_transformer's checkpoints) for vlpretrain's ViT, which has
+  no class token."""
+  return (name.endswith("pos_embedding") and len(stored) == 3 and len(target) == 3
+          and stored[0] == target[0] and stored[2] == target[2]
+          and stored[1] == target[1] + 1)

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 
+from vlpretrain import assignment_maps  # noqa: F401  (gin: @assignment_maps.*)
 from vlpretrain import checkpoints
 from vlpretrain import dynamic_mixture
 from vlpretrain import errors
@@ -111,6 +112,19 @@ def _unsaveable_ops(datasets: Sequence[tf.data.Dataset]) -> set[str]:
       ops |= {n.op for n in fn.node_def}
     found |= ops & _UNSAVEABLE_OPS
   return found
+
+
+def _warm_start_dirs(restore_cfg) -> list[str]:
+  """The checkpoints a warm start reads; [] (a fresh init) when none is found and
+  `fallback_to_scratch` (t5x's name) allows it."""
+  try:
+    return checkpoints.resolve_each(restore_cfg.path, restore_cfg.mode)
+  except errors.MissingPathError as e:
+    if not restore_cfg.fallback_to_scratch:
+      raise
+    logging.warning("No checkpoint to warm-start from (%s); fallback_to_scratch=True: "
+                    "initialising from scratch.", e)
+    return []
 
 
 def _cast_floats(tree, dtype):
@@ -276,6 +290,7 @@ def train(*,
                     "infer_eval_dataset_cfg is None: no inference evals run.")
   checkpoint_cfg = checkpoint_cfg or utils.CheckpointConfig()
   save_cfg = checkpoint_cfg.save or utils.SaveCheckpointConfig()
+  extra_save_steps = set(int(s) for s in (save_cfg.checkpoint_steps or ()))
   restore_cfg = checkpoint_cfg.restore or utils.RestoreCheckpointConfig()
   if random_seed is None:
     random_seed = int(time.time_ns() % 2**31)
@@ -422,25 +437,25 @@ def train(*,
     state = restored["state"]
     if "sampler" in items:
       batches.load_state_dict(restored["sampler"])
-  elif restore_cfg.path:
+  elif restore_cfg.path and (step_dirs := _warm_start_dirs(restore_cfg)):
     # A warm start: params only, from the latest (or the given) step, and a fresh
     # optimizer state for them. Only the optimizer's init is compiled, not the model's
     # forward pass that a fresh init traces (for jar_tiny that compile took 23.5 s of
     # a 5-step run on 2 busy CPU cores).
-    [(step_dir, _)] = checkpoints.resolve(restore_cfg.path, restore_cfg.mode)
-    logging.info("Initialising params from %s.", step_dir)
+    logging.info("Initialising params from %s.", ", ".join(step_dirs))
     sources = checkpoints.assign(abstract_params, restore_cfg.assignment_map)
     fresh = None
-    if None in sources.values():  # The assignment map leaves some params fresh.
+    if None in sources.values() or not restore_cfg.strict:
       fresh_names = [p for p, s in sources.items() if s is None]
-      logging.info("assignment_map: %d of %d params left at their fresh initialisation "
-                   "(in %s).", len(fresh_names), len(sources),
-                   ", ".join(sorted({p.split("/")[0] for p in fresh_names})))
+      if fresh_names:
+        logging.info("assignment_map: %d of %d params left at their fresh initialisation "
+                     "(in %s).", len(fresh_names), len(sources),
+                     ", ".join(sorted({p.split("/")[0] for p in fresh_names})))
       with partitioner.activate():
         fresh = jax.jit(init_params, out_shardings=param_shardings)(init_rng)
-    params = checkpoints.restore_params(step_dir, abstract_params, param_shardings,
+    params = checkpoints.restore_params(step_dirs, abstract_params, param_shardings,
                                         restore_cfg.dtype, restore_cfg.assignment_map,
-                                        fresh)
+                                        fresh, strict=restore_cfg.strict)
     with partitioner.activate():
       opt_state = jax.jit(  # From float32 params, as a fresh init's, whatever the dtype.
           lambda p: optimizer.init(jax.tree.map(lambda x, a: x.astype(a.dtype), p,
@@ -595,7 +610,8 @@ def train(*,
       if infer_eval is not None and eval_due:
         infer_eval(step, state["params"])
 
-      if (save_cfg.period and step % save_cfg.period == 0) or step == total_steps:
+      if ((save_cfg.period and step % save_cfg.period == 0) or step == total_steps
+          or step in extra_save_steps):
         _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
                          save_dataset)
         last_saved = step

@@ -4,10 +4,11 @@ import difflib
 import importlib
 import os
 import tempfile
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import gin
+import jax.numpy as jnp
 import optax
 import seqio
 import tensorflow as tf
@@ -25,6 +26,10 @@ class DatasetConfig:
 
   `batch_size` is global: each of the N hosts reads `batch_size // N` examples per step.
   `module` is imported first so that its Task/Mixture registrations run.
+  `trim_output_features` and `use_custom_packing_ops` are t5x's: the first is passed to
+  seqio (False keeps features longer than `task_feature_lengths`, which the feature
+  converter then refuses); the second only matters with packing, which vlpretrain's
+  converters refuse, so it is accepted and unused, as in t5x without packing.
   """
   mixture_or_task_name: Optional[str]
   task_feature_lengths: Mapping[str, int]
@@ -35,6 +40,8 @@ class DatasetConfig:
   use_cached: bool = False
   pack: bool = False
   module: Optional[str] = None
+  trim_output_features: bool = True
+  use_custom_packing_ops: bool = False
 
 
 @gin.configurable
@@ -47,11 +54,13 @@ class SaveCheckpointConfig:
   dtype: cast floating-point params to this dtype when writing (None: as trained).
   save_dataset: also save each host's tf.data iterator state, so a resumed run reads
     exactly the batches an uninterrupted run would have read.
+  checkpoint_steps: steps to save at besides every `period` (t5x's name).
   """
   period: int = 1000
   keep: Optional[int] = None
   dtype: Optional[str] = None
   save_dataset: bool = True
+  checkpoint_steps: Optional[Sequence[int]] = None
 
 
 @gin.configurable
@@ -60,22 +69,33 @@ class RestoreCheckpointConfig:
   """Where to start from when MODEL_DIR holds no checkpoint yet.
 
   path: a checkpoint directory written by `train` (mode='latest': MODEL_DIR/checkpoints
-    or any orbax CheckpointManager directory; mode='specific': one step directory).
-    Only the params are taken from it (a warm start); step, optimizer and data start
-    fresh. A checkpoint in MODEL_DIR always wins: training resumes from it.
+    or any orbax CheckpointManager directory; mode='specific': one step directory), a
+    t5x MODEL_DIR or checkpoint_<step> (its orbax or msgpack format: the public T5
+    checkpoints), or a big_vision ViT .npz; or a list of them (e.g. T5 and ViT), each
+    param read from the first that has it. Only the params are taken (a warm start);
+    step, optimizer and data start fresh. A checkpoint in MODEL_DIR always wins:
+    training resumes from it. vlpretrain's 'latest' is the default, where t5x's
+    pretrain.gin uses 'specific' for INITIAL_CHECKPOINT_PATH.
   dtype: cast restored floating-point params to this dtype (None: the model's dtype).
   restore_dataset: when resuming from MODEL_DIR, restore the data iterator state too.
   assignment_map: for a warm start, t5x's (regex, replacement) pairs over the params'
     paths ('image_encoder/embedding/kernel'): replacement None leaves the matching
     params at their fresh initialisation, a string reads them from that checkpoint
     param (checkpoints.assign). E.g. only the ViT: (('(image_encoder/.*)', r'\1'),
-    (r'.*', None)). Ignored when resuming from MODEL_DIR.
+    (r'.*', None)). Ignored when resuming from MODEL_DIR. Presets for the public
+    checkpoints: `assignment_maps.py`.
+  strict: (t5x's) a model param that no checkpoint holds is an error; False initialises
+    it afresh (logged).
+  fallback_to_scratch: (t5x's) when `path` holds no checkpoint, initialise from scratch
+    (logged) instead of failing.
   """
-  path: Optional[str] = None
+  path: Optional[Union[str, Sequence[str]]] = None
   mode: str = "latest"
   dtype: Optional[str] = None
   restore_dataset: bool = True
   assignment_map: Optional[Sequence[Tuple[str, Optional[str]]]] = None
+  strict: bool = True
+  fallback_to_scratch: bool = False
 
   def __post_init__(self):
     if self.mode not in ("latest", "specific"):
@@ -199,7 +219,8 @@ def get_dataset(cfg: DatasetConfig,
       shuffle=cfg.shuffle,
       seed=cfg.seed,
       shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
-      num_epochs=num_epochs)
+      num_epochs=num_epochs,
+      trim_output_features=cfg.trim_output_features)
   ds = feature_converter_cls(pack=cfg.pack)(
       ds, task_feature_lengths=cfg.task_feature_lengths)
   ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=True)
@@ -239,7 +260,9 @@ def create_learning_rate_scheduler(
     base_learning_rate: float = 1e-4,
     warmup_steps: int = 10_000,
     decay_steps: Optional[int] = None,
-    min_learning_rate: float = 0.0) -> optax.Schedule:
+    min_learning_rate: float = 0.0,
+    steps_per_cycle: Optional[int] = None,
+    step_offset: int = 0) -> optax.Schedule:
   """An optax schedule named like t5x's factor strings.
 
   factors: one of 'constant', 'constant * linear_warmup',
@@ -247,7 +270,22 @@ def create_learning_rate_scheduler(
   The rate rises linearly from 0 at step 0 to `base_learning_rate` at `warmup_steps`,
   then decays to `min_learning_rate` at `decay_steps` (the total length *including*
   warmup, optax's convention; pretrain.gin binds it to TRAIN_STEPS) and stays there.
+  t5x's parameters: `steps_per_cycle` (the cosine's length after warmup) stands for
+  `decay_steps = warmup_steps + steps_per_cycle`; t5x's cosine then starts a new cycle
+  where vlpretrain's stays at `min_learning_rate`. `step_offset` shifts the schedule
+  (the rate at step s is the rate at max(0, s - step_offset)), as in t5x. t5x's other
+  factors (rsqrt_decay, decay_every, its linear_decay) and their `decay_factor` and
+  `steps_per_decay` are not offered.
   """
+  schedule = _schedule(factors, base_learning_rate, warmup_steps,
+                       decay_steps if steps_per_cycle is None or decay_steps is not None
+                       else warmup_steps + steps_per_cycle, min_learning_rate)
+  if not step_offset:
+    return schedule
+  return lambda step: schedule(jnp.maximum(0, step - step_offset))
+
+
+def _schedule(factors, base_learning_rate, warmup_steps, decay_steps, min_learning_rate):
   key = " * ".join(f.strip() for f in factors.split("*"))
   if key not in _SCHEDULES:
     raise errors.ConfigError(
@@ -260,7 +298,7 @@ def create_learning_rate_scheduler(
   if decay_steps is None:
     raise errors.ConfigError(
         f"utils.create_learning_rate_scheduler.decay_steps is required for {factors!r}; "
-        "bind it (pretrain.gin uses %TRAIN_STEPS).")
+        "bind it (pretrain.gin uses %TRAIN_STEPS), or t5x's steps_per_cycle.")
   if decay_steps <= warmup_steps:
     # The run ends inside warmup: the decay part is never reached. Keep it well-defined.
     logging.log_first_n(logging.WARNING, "Learning rate: warmup_steps=%d >= "
