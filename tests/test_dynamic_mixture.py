@@ -2,6 +2,7 @@
 import dataclasses
 import functools
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -192,11 +193,11 @@ def test_make_sampler_errors_name_the_binding():
 # -------------------------------------------------------------- in the trainer
 
 
-def _train(model_dir, steps, *, period=4, save_dataset=True):
+def _train(model_dir, steps, *, period=4, save_dataset=True, model=None, log_period=1):
   lr = utils.create_learning_rate_scheduler(base_learning_rate=1e-2, warmup_steps=2,
                                             decay_steps=30)
   return train_lib.train(
-      model=toy_model.ToyModel(),
+      model=model or toy_model.ToyModel(),
       train_dataset_cfg=utils.DatasetConfig(
           _toy_dynamic_mixture(), toy_model.TASK_FEATURE_LENGTHS, "train", 16, True, 0),
       partitioner=partitioning.PjitPartitioner(),
@@ -204,7 +205,7 @@ def _train(model_dir, steps, *, period=4, save_dataset=True):
       checkpoint_cfg=utils.CheckpointConfig(
           save=utils.SaveCheckpointConfig(period=period, keep=2,
                                           save_dataset=save_dataset)),
-      log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
+      log_period=log_period, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
       make_sampler=functools.partial(dynamic_mixture.make_sampler, window=3,
                                      min_per_task=1))
 
@@ -314,3 +315,20 @@ def test_train_step_per_task_loss_sums_are_the_batch_sums(tmp_path, record_batch
   for line, sums, tokens in zip(logged, want_sums, want_tokens):
     assert [line["task_loss"][t] for t in TASKS] == pytest.approx(
         [s / n for s, n in zip(sums, tokens)], rel=1e-6)
+
+
+class _NanModel(toy_model.ToyModel):
+  """Every loss and per-example loss is NaN."""
+
+  def loss_fn_with_example_losses(self, params, batch, dropout_rng):
+    loss, metrics, example = super().loss_fn_with_example_losses(params, batch,
+                                                                 dropout_rng)
+    return loss * jnp.nan, metrics, example._replace(loss_sum=example.loss_sum * jnp.nan)
+
+
+def test_non_finite_loss_stops_before_the_sampler_sees_it(clean_gin, tmp_path):
+  """On a dynamic mixture the trainer names the step; the sampler never gets the NaN
+  (it would refuse it with a ValueError that names no step)."""
+  with pytest.raises(FloatingPointError, match="Non-finite loss nan at step 1"):
+    _train(tmp_path, 4, model=_NanModel(), log_period=10)  # Not caught by a log line.
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))

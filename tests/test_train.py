@@ -156,7 +156,7 @@ def test_adamw_decays_kernels_only_and_clips_the_global_norm():
 
 def _train(model_dir, steps, task, *, save_dataset=True, period=2, model=None,
            restore_path=None, assignment_map=None, random_seed=None, save_kw=None,
-           restore_kw=None):
+           restore_kw=None, **train_kw):
   lr = utils.create_learning_rate_scheduler(base_learning_rate=1e-2, warmup_steps=2,
                                             decay_steps=8)
   return train_lib.train(
@@ -172,7 +172,7 @@ def _train(model_dir, steps, task, *, save_dataset=True, period=2, model=None,
                                                 assignment_map=assignment_map,
                                                 **(restore_kw or {}))),
       log_period=1, optimizer=optimizers.adamw(lr), learning_rate_fn=lr,
-      **({} if random_seed is None else {"random_seed": random_seed}))
+      **({} if random_seed is None else {"random_seed": random_seed}), **train_kw)
 
 
 def _assert_same_params(a, b):
@@ -237,6 +237,29 @@ class _NanModel(toy_model.ToyModel):
 def test_non_finite_loss_raises(clean_gin, toy_task, tmp_path):
   with pytest.raises(FloatingPointError, match="Non-finite loss nan at step 1"):
     _train(tmp_path, 3, toy_task, model=_NanModel())
+
+
+def test_non_finite_steps_are_skipped_and_counted(clean_gin, toy_task, tmp_path, caplog):
+  """non_finite_loss='skip': a NaN step leaves params and optimizer state as they were
+  (here every step: the state stays the fresh init's) and is counted; the checkpoint
+  holds finite values. On finite steps 'skip' changes nothing, bit for bit."""
+  _, fresh = _train(tmp_path / "fresh", 0, toy_task)
+  with caplog.at_level(logging.WARNING):
+    step, state = _train(tmp_path / "nan", 3, toy_task, model=_NanModel(),
+                         non_finite_loss="skip")
+  assert step == 3 and int(state["step"]) == 3
+  _assert_same_params(fresh["params"], state["params"])
+  assert caplog.text.count("its update was skipped") == 3
+  assert "(3 so far" in caplog.text
+  saved = checkpoints.restore_params(
+      str(tmp_path / "nan" / "checkpoints" / "3"), fresh["params"],
+      jax.tree.map(lambda x: x.sharding, fresh["params"]))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved))
+  _, plain = _train(tmp_path / "plain", 3, toy_task)
+  _, skip = _train(tmp_path / "skip", 3, toy_task, non_finite_loss="skip")
+  _assert_same_params(plain["params"], skip["params"])
+  with pytest.raises(ValueError, match="non_finite_loss='ignore'"):
+    _train(tmp_path / "bad", 1, toy_task, non_finite_loss="ignore")
 
 
 def test_warm_start_takes_params_only(clean_gin, toy_task, tmp_path):

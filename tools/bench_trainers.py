@@ -6,10 +6,9 @@ Task, batch and feature lengths, run one after the other in alternating pairs.
 
 Both train gin/models/jar_tiny.gin on the seqio mixture `shapes_pretrain_static` (the
 nine shapes tasks at equal rates: t5x has no dynamic sampling), batch 32, lengths
-24/24, with no evaluation during training and one checkpoint at the end. A run's
-speed is measured from its own log timestamps: steps / seconds between the end of the
-first `--period` steps (compilation and input warm-up fall before it) and the last
-one, as each trainer logs its period summaries. Prints a table and the ratio of the medians; needs t5x importable.
+24/24, with no evaluation during training, one log summary and one checkpoint at
+the end. A run's speed is measured from its own log timestamps: steps / seconds from
+the end of compilation to the summary of the last step. Prints a table and the ratio of the medians; needs t5x importable.
 """
 import json
 import os
@@ -26,7 +25,6 @@ from absl import flags
 
 _PAIRS = flags.DEFINE_integer("pairs", 3, "Alternating (vlpretrain, t5x) pairs.")
 _STEPS = flags.DEFINE_integer("steps", 400, "Training steps per run.")
-_PERIOD = flags.DEFINE_integer("period", 100, "Steps between the timestamps read.")
 _JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,45 +38,50 @@ def _time(line):
   return (datetime.strptime(m.group(1), "%m%d %H:%M:%S.%f"), m.group(2)) if m else None
 
 
-def vlpretrain_command(model_dir, steps, period):
+def vlpretrain_command(model_dir, steps):
   return [sys.executable, "-m", "vlpretrain.cli", "train", "--gin_file=gin/jar_tiny.gin",
           *COMMON, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
-          f"--gin.train_script.train.log_period={period}",
+          f"--gin.train_script.train.log_period={steps}",
           f"--gin.utils.SaveCheckpointConfig.period={10 * steps}"]
 
 
-def t5x_command(model_dir, steps, period):
+def t5x_command(model_dir, steps):
   return [sys.executable, "-m", "t5x.train", "--gin_search_paths=gin",
           "--gin_file=gin/t5x/jar_tiny.gin", *COMMON, f"--gin.MODEL_DIR='{model_dir}'",
-          f"--gin.TRAIN_STEPS={steps}", f"--gin.train_script.train.eval_period={period}",
-          "--gin.train_script.train.train_eval_dataset_cfg=None",
+          f"--gin.TRAIN_STEPS={steps}", "--gin.train.train_eval_dataset_cfg=None",
           f"--gin.utils.SaveCheckpointConfig.period={10 * steps}"]
 
 
 def steady_steps_per_second(stderr: str, trainer: str) -> float:
-  """Steps per second between the first and the last period's summary in the log:
-  vlpretrain's "step N/M |" lines, t5x's "[N] collection=train accuracy=..." (both
-  written once the period's metrics are computed, i.e. its steps have run)."""
-  pattern = (r"\[(\d+)\] collection=train accuracy=" if trainer == "t5x"
-             else r"step (\d+)/\d+ \|")
-  marks = []
+  """Steps per second from the end of compilation to the last step's summary, by the
+  log's timestamps: vlpretrain's "Compiled the train step" to its last "step N/M |"
+  line; t5x's "Training for N steps." (logged once compiled) to its "[N]
+  collection=train accuracy=..." summary. Both summaries are written once the
+  metrics of the last step are computed, i.e. every step has run."""
+  if trainer == "t5x":
+    begin, end = r"Training for \d+ steps\.", r"\[(\d+)\] collection=train accuracy="
+  else:
+    begin, end = r"Compiled the train step", r"step (\d+)/\d+ \|"
+  t0 = t1 = steps = None
   for line in stderr.splitlines():
     parsed = _time(line)
-    m = parsed and re.match(pattern, parsed[1])
-    if m:
-      marks.append((parsed[0], int(m.group(1))))
-  if len(marks) < 2:
-    raise ValueError(f"{trainer}: fewer than two period summaries in the log; raise "
-                     "--steps.")
-  (t0, s0), (t1, s1) = marks[0], marks[-1]
-  return (s1 - s0) / (t1 - t0).total_seconds()
+    if not parsed:
+      continue
+    if t0 is None and re.match(begin, parsed[1]):
+      t0 = parsed[0]
+    m = re.match(end, parsed[1])
+    if m and t0 is not None:
+      t1, steps = parsed[0], int(m.group(1))
+  if t1 is None:
+    raise ValueError(f"{trainer}: no compile mark or final summary in the log.")
+  return steps / (t1 - t0).total_seconds()
 
 
-def run_once(trainer, steps, period):
+def run_once(trainer, steps):
   model_dir = tempfile.mkdtemp(prefix=f"bench_{trainer}_")
   try:
     make = vlpretrain_command if trainer == "vlpretrain" else t5x_command
-    proc = subprocess.run(make(model_dir, steps, period), cwd=REPO, capture_output=True,
+    proc = subprocess.run(make(model_dir, steps), cwd=REPO, capture_output=True,
                           text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     if proc.returncode:
       raise RuntimeError(f"{trainer} failed:\n{proc.stderr[-3000:]}")
@@ -92,7 +95,7 @@ def main(argv):
   runs = {"vlpretrain": [], "t5x": []}
   for pair in range(_PAIRS.value):
     for trainer in ("vlpretrain", "t5x") if pair % 2 == 0 else ("t5x", "vlpretrain"):
-      speed = run_once(trainer, _STEPS.value, _PERIOD.value)
+      speed = run_once(trainer, _STEPS.value)
       runs[trainer].append(speed)
       print(f"pair {pair}: {trainer:<10} {speed:.3f} steps/s", flush=True)
   medians = {k: statistics.median(v) for k, v in runs.items()}
@@ -104,7 +107,7 @@ def main(argv):
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump({"runs": runs, "medians": medians, "ratio_vlpretrain_over_t5x": ratio,
-                 "steps": _STEPS.value, "period": _PERIOD.value}, f, indent=1)
+                 "steps": _STEPS.value}, f, indent=1)
 
 
 if __name__ == "__main__":

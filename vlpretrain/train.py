@@ -41,6 +41,7 @@ from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import models
 from vlpretrain import partitioning
+from vlpretrain import preemption
 from vlpretrain import utils
 from vlpretrain.data import bad_data
 
@@ -219,7 +220,8 @@ def train(*,
           random_seed: Optional[int] = 0,
           optimizer: Optional[optax.GradientTransformation] = None,
           learning_rate_fn: Optional[Callable[[int], Any]] = None,
-          make_sampler: Callable[..., Any] = dynamic_mixture.make_sampler):
+          make_sampler: Callable[..., Any] = dynamic_mixture.make_sampler,
+          non_finite_loss: str = "stop"):
   """Trains `model` for `total_steps` steps, resuming from MODEL_DIR if it can.
 
   Args:
@@ -247,6 +249,10 @@ def train(*,
     learning_rate_fn: the schedule the optimizer uses; only for logging.
     make_sampler: builds the per-batch task sampler when the training data is a
       `dynamic_mixture.DynamicMixture` (gin: dynamic_mixture.make_sampler.strategy).
+    non_finite_loss: a step whose loss or gradient norm is not finite: 'stop' raises,
+      naming the step; 'skip' leaves params and optimizer state as they were, counts
+      it (logged, and `skipped/non_finite_steps` in TensorBoard) and goes on. Either
+      way no non-finite state is checkpointed and the dynamic sampler never sees it.
 
   Returns:
     (final step, final train state dict with 'step', 'params', 'opt_state').
@@ -255,6 +261,10 @@ def train(*,
   # ---------------------------------------------------------------------------
   # Check the configuration before touching devices or data.
   # ---------------------------------------------------------------------------
+  if non_finite_loss not in ("stop", "skip"):
+    raise errors.ConfigError(
+        f"train_script.train.non_finite_loss={non_finite_loss!r}: use 'stop' or 'skip'.")
+  skip_non_finite = non_finite_loss == "skip"
   if not train_dataset_cfg.mixture_or_task_name:
     raise errors.ConfigError(
         "MIXTURE_OR_TASK_NAME is unset: pass --gin.MIXTURE_OR_TASK_NAME=\"'<name>'\" "
@@ -496,8 +506,22 @@ def train(*,
     (loss, (metrics, task_losses)), grads = grad_fn(state["params"], batch, dropout_rng)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, grad_norm=models.average(optax.tree.norm(grads)))
-    step_stats = {"loss": loss}
+    grad_norm = optax.tree.norm(grads)
+    metrics = dict(metrics, grad_norm=models.average(grad_norm))
+    if skip_non_finite:
+      # Keep the old state, as optax.apply_if_finite would; done here so that the
+      # step's metrics and the sampler's task losses are dropped with it (zeros add
+      # nothing to clu's merges) and the state keeps the same tree in both modes.
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params, opt_state = keep(params, state["params"]), keep(opt_state,
+                                                              state["opt_state"])
+      metrics = jax.tree.map(lambda m: jnp.where(finite, m, jnp.zeros_like(m)), metrics)
+      if task_losses is not None:
+        task_losses = jax.tree.map(lambda x: jnp.where(finite, x, 0), task_losses)
+    step_stats = {"loss": loss, "grad_norm": grad_norm}
+    if skip_non_finite:
+      step_stats["update_skipped"] = ~finite
     if task_losses is not None:
       step_stats["task_loss_sum"], step_stats["task_token_count"] = task_losses
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
@@ -549,7 +573,22 @@ def train(*,
   if start_step >= total_steps:
     logging.info("Checkpoint step %d >= TRAIN_STEPS=%d: nothing to train.",
                  start_step, total_steps)
-  with partitioner.activate():  # Mesh + rules while the steps are traced.
+  stopped_by = None  # A signal's name when SIGTERM / SIGINT stopped the run early.
+  skipped_steps = []  # Steps whose update non_finite_loss='skip' left out.
+
+  def check_finite(step_and_stats):
+    """Stops on a non-finite loss, or with 'skip' counts it (once per step)."""
+    if not skip_non_finite:
+      _raise_if_not_finite(step_and_stats)
+    elif step_and_stats is not None and step_and_stats[0] not in skipped_steps:
+      step_, stats = step_and_stats
+      if bool(stats["update_skipped"]):
+        skipped_steps.append(step_)
+        logging.warning("Non-finite loss at step %d: its update was skipped (%d so far; "
+                        "train_script.train.non_finite_loss='skip').", step_,
+                        len(skipped_steps))
+
+  with partitioner.activate(), preemption.StopRequests() as stop_requests:
     last_saved = resume_step
     pending, prev = [], None  # Metrics since the last log line; the previous step's.
     batch_seconds = 0.0  # Training thread's time getting batches since the last log.
@@ -567,9 +606,9 @@ def train(*,
         t_log = time.time()
       state, metrics, step_stats = compiled_step(state, device_batch)
       step += 1
+      check_finite(prev)  # Before the sampler reads that step's losses.
       if batches is not None:  # Applies step-1's losses; keeps this step's.
         batches.record(step_stats["task_loss_sum"], step_stats["task_token_count"])
-      _raise_if_not_finite(prev)
       prev = (step, step_stats)
       pending.append((metrics, step_stats))
       if step == start_step + 1 and step % log_period and step != total_steps:
@@ -577,7 +616,7 @@ def train(*,
         t_log, step_log = time.time(), step
 
       if step % log_period == 0 or step == total_steps:
-        _raise_if_not_finite(prev)
+        check_finite(prev)
         summary = _summarize(jax.device_get(pending), task_names)
         period_steps, pending = len(pending), []
         dt = time.time() - t_log
@@ -593,6 +632,8 @@ def train(*,
         batch_seconds = 0.0
         skipped = bad_data.totals()
         summary.update({f"skipped/{k}": float(v) for k, v in skipped.items()})
+        if skip_non_finite:
+          summary["skipped/non_finite_steps"] = float(len(skipped_steps))
         if batches is not None:
           for k, v in batches.pop_timings().items():
             summary[f"timing/{k}_ms_per_step"] = 1e3 * v / period_steps
@@ -612,9 +653,18 @@ def train(*,
 
       if ((save_cfg.period and step % save_cfg.period == 0) or step == total_steps
           or step in extra_save_steps):
+        check_finite(prev)  # Never checkpoint a non-finite state.
         _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
                          save_dataset)
         last_saved = step
+      stopped_by = stop_requests.requested() if step < total_steps else None
+      if stopped_by:  # A preemption notice or Ctrl-C: keep this step, then stop.
+        check_finite(prev)  # Never checkpoint a non-finite state.
+        if last_saved != step:
+          _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
+                           save_dataset)
+          last_saved = step
+        break
       if batches is not None and step < total_steps:
         batches.prefetch()  # Batch step+1, composed while this step runs.
 
@@ -635,10 +685,13 @@ def train(*,
   if sampling_log is not None:
     sampling_log.close()
   logging.info(
-      "Done: steps %d-%d of %d in %s%s; checkpoints in %s (latest %d).%s", start_step,
+      "%s: steps %d-%d of %d in %s%s; checkpoints in %s (latest %d).%s",
+      f"Stopped by {stopped_by}" if stopped_by else "Done", start_step,
       step, total_steps, _format_duration(time.time() - t_start),
       f", final loss {summary['loss']:.4f}" if "loss" in summary else "", ckpt_dir,
       step, f" {bad_data.summary(bad_data.totals())}." if bad_data.totals() else "")
+  if stopped_by:
+    logging.info("The same command resumes from step %d.", step)
   return step, state
 
 
@@ -698,12 +751,14 @@ def _raise_if_not_finite(step_and_stats):
   if step_and_stats is None:
     return
   step, stats = step_and_stats
-  loss = float(stats["loss"])
-  if not np.isfinite(loss):
+  loss, grad_norm = float(stats["loss"]), float(stats["grad_norm"])
+  if not np.isfinite(loss) or not np.isfinite(grad_norm):
+    what = f"loss {loss}" if not np.isfinite(loss) else f"gradient norm {grad_norm}"
     raise FloatingPointError(
-        f"Non-finite loss {loss} at step {step}. Lower the learning rate "
-        "(utils.create_learning_rate_scheduler.base_learning_rate), check the data, or "
-        "resume from an earlier checkpoint in MODEL_DIR/checkpoints.")
+        f"Non-finite {what} at step {step}; it was not checkpointed. Lower the learning "
+        "rate (utils.create_learning_rate_scheduler.base_learning_rate), check the data, "
+        "skip such steps (train_script.train.non_finite_loss='skip'), or resume from an "
+        "earlier checkpoint in MODEL_DIR/checkpoints.")
 
 
 def merge_metrics(per_step: Sequence[Mapping[str, Any]]) -> dict:

@@ -120,7 +120,8 @@ def tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Featu
   seqio's tokenizes every output feature and, with `copy_pretokenized`, keeps each one
   as `<name>_pretokenized`: for the image (a `seqio.ContinuousFeature`) that is a second
   float copy of every image, in shuffle buffers and in what t5x's infer writes.
-  Continuous features here pass through as they are, once.
+  Continuous features here pass through as they are, once; a Task that wants the
+  `image_pretokenized` copy uses seqio.preprocessors.tokenize itself.
   """
   text = {k: f for k, f in output_features.items()
           if not isinstance(f, seqio.ContinuousFeature)}
