@@ -2,7 +2,7 @@
 `t5x.eval` and `t5x.infer`; checkpoints across the two trainers, both ways.
 
 t5x is not on PyPI and not a dependency: these tests run when `import t5x` works
-(t5x, airio and jestimator on PYTHONPATH, README: Running under t5x) and skip
+(t5x, airio and jestimator on PYTHONPATH, docs/running_under_t5x.md) and skip
 otherwise. Run them with:
 
     PYTHONPATH=/path/to/t5x:/path/to/airio:/path/to/jestimator \

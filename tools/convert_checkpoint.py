@@ -89,7 +89,7 @@ def import_t5x():
     from t5x import train_state as t5x_train_state
   except ImportError as e:
     raise errors.ConfigError(f"--to=t5x needs t5x importable ({e}): put t5x, airio and "
-                             "jestimator on PYTHONPATH (README: Running under t5x).") from e
+                             "jestimator on PYTHONPATH (docs/running_under_t5x.md).") from e
   return t5x_checkpoints, t5x_partitioning, t5x_train_state
 
 

@@ -3,7 +3,7 @@
 vlpretrain's trainer, evaluators and exporter know a model only through `BaseModel`,
 whose methods have the names, signatures and semantics of t5x's (t5x/models.py), so
 the same objects run under t5x's own trainer (`python -m t5x.train`; README,
-"Running under t5x"). t5x is not imported: a t5x optimizer, decoding function or
+docs/running_under_t5x.md). t5x is not imported: a t5x optimizer, decoding function or
 `DecoderParams` is accepted where t5x would pass one.
 
 * `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`: the loss is summed over
