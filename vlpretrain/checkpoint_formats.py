@@ -75,14 +75,16 @@ class Reader(abc.ABC):
 
   def read(self, targets: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
     host = self.read_host(list(targets))
-    return {name: _place(host[name], target) for name, target in targets.items()}
+    return {name: place(host[name], target) for name, target in targets.items()}
 
   @abc.abstractmethod
   def read_host(self, names) -> dict[str, np.ndarray]:
     """The stored arrays `names`, as numpy, in their stored shapes."""
 
 
-def _place(array, target):
+def place(array, target):
+  """A host array as the model's param `target`: reshaped (see `reshapes_to`), cast
+  and put on the target's sharding."""
   array = np.asarray(array)
   if array.shape != tuple(target.shape):
     array = array.reshape(target.shape)
@@ -167,7 +169,7 @@ class OrbaxReader(Reader):
     out = {}
     for name, target in targets.items():
       value = got[tuple(name.split("/"))]
-      out[name] = value if value.shape == tuple(target.shape) else _place(value, target)
+      out[name] = value if value.shape == tuple(target.shape) else place(value, target)
     return out
 
 

@@ -317,7 +317,7 @@ def restore_params(step_dirs, abstract, shardings, dtype: Optional[str] = None,
       if n in posemb:
         logging.info("%s: dropping the class token's row of %s %s.", n, s,
                      reader.shapes[s])
-        got[n] = checkpoint_formats._place(
+        got[n] = checkpoint_formats.place(
             np.asarray(reader.read_host([s])[s])[:, 1:], by_source[n])
       else:
         got[n] = read[s]
