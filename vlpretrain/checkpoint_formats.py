@@ -54,9 +54,9 @@ def detect(path: str) -> str:
 
 
 def open_reader(path: str) -> "Reader":
+  if not path.endswith(".npz") and tf.io.gfile.isdir(os.path.join(path, STATE_ITEM)):
+    return OrbaxReader(path)  # Reads the metadata once, for the format and the shapes.
   kind = detect(path)
-  if kind in ("vlpretrain", "t5x"):
-    return OrbaxReader(path, kind)
   if kind == "t5x_legacy":
     return LegacyT5xReader(path)
   return NpzReader(path)
@@ -112,15 +112,21 @@ def reshapes_to(stored: tuple, target: tuple) -> bool:
   return i == len(target)
 
 
-def _path(key_path) -> str:
+def param_path(key_path) -> str:
+  """A param's name as assignment maps match it: its keys joined by '/', e.g.
+  'image_encoder/embedding/kernel'."""
   return "/".join(str(getattr(k, "key", k)) for k in key_path)
 
 
-def _orbax_root(state_dir: str) -> str:
+def _orbax_tree(state_dir: str):
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
     metadata = checkpointer.metadata(state_dir)
   tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
+  return getattr(tree, "tree", tree)
+
+
+def _orbax_root(state_dir: str, tree=None) -> str:
+  tree = _orbax_tree(state_dir) if tree is None else tree
   for root in ("params", "target"):
     if root in tree:
       return root
@@ -131,17 +137,15 @@ def _orbax_root(state_dir: str) -> str:
 class OrbaxReader(Reader):
   """vlpretrain's and t5x's orbax checkpoints: the 'params' / 'target' subtree only."""
 
-  def __init__(self, path: str, kind: str):
-    self.path, self.kind = path, kind
+  def __init__(self, path: str):
+    self.path = path
     self.state_dir = os.path.join(path, STATE_ITEM)
-    self.root = "params" if kind == "vlpretrain" else "target"
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-      metadata = checkpointer.metadata(self.state_dir)
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
+    tree = _orbax_tree(self.state_dir)
+    self.root = _orbax_root(self.state_dir, tree)
+    self.kind = "vlpretrain" if self.root == "params" else "t5x"
     leaves = jax.tree_util.tree_leaves_with_path(tree[self.root])
-    self.shapes = {_path(kp): tuple(leaf.shape) for kp, leaf in leaves}
-    self.dtypes = {_path(kp): leaf.dtype for kp, leaf in leaves}
+    self.shapes = {param_path(kp): tuple(leaf.shape) for kp, leaf in leaves}
+    self.dtypes = {param_path(kp): leaf.dtype for kp, leaf in leaves}
 
   def read_host(self, names):
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

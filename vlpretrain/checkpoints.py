@@ -31,7 +31,7 @@ import tensorflow as tf
 from vlpretrain import checkpoint_formats
 from vlpretrain import errors
 
-STATE_ITEM = "state"
+STATE_ITEM = checkpoint_formats.STATE_ITEM
 T5X_PREFIX = "checkpoint_"  # t5x names its step directories checkpoint_<step>.
 
 
@@ -206,10 +206,7 @@ def _target(abstract, shardings, dtype: Optional[str]):
   return jax.tree.map(leaf, abstract, shardings)
 
 
-def param_path(key_path) -> str:
-  """A param's name as assignment maps match it: its keys joined by '/', e.g.
-  'image_encoder/embedding/kernel'."""
-  return "/".join(str(getattr(k, "key", k)) for k in key_path)
+param_path = checkpoint_formats.param_path  # 'image_encoder/embedding/kernel'
 
 
 def assign(abstract, assignment_map: Optional[Sequence[Tuple[str, Optional[str]]]] = None,
@@ -303,22 +300,22 @@ def restore_params(step_dirs, abstract, shardings, dtype: Optional[str] = None,
     raise ValueError("restore_params: some params are not read from the checkpoint; pass "
                      "`fresh` params for them.")
   got = {}
+  target_of = dict(zip(names, (leaf for _, leaf in leaves)))  # Model param -> target.
   for reader in readers:
     mine = {n: s for n, (r, s) in plan.items() if r is reader}
     if not mine:
       continue
     logging.info("Restoring %d of %d params from %s (%s checkpoint).", len(mine),
                  len(leaves), reader.path, reader.kind)
-    by_source = dict(zip(names, (leaf for _, leaf in leaves)))
     posemb = {n: s for n, s in mine.items()
-              if _is_class_token_posemb(n, reader.shapes[s], by_source[n].shape)}
-    read = reader.read({s: by_source[n] for n, s in mine.items() if n not in posemb})
+              if _is_class_token_posemb(n, reader.shapes[s], target_of[n].shape)}
+    read = reader.read({s: target_of[n] for n, s in mine.items() if n not in posemb})
     for n, s in mine.items():
       if n in posemb:
         logging.info("%s: dropping the class token's row of %s %s.", n, s,
                      reader.shapes[s])
         got[n] = checkpoint_formats.place(
-            np.asarray(reader.read_host([s])[s])[:, 1:], by_source[n])
+            np.asarray(reader.read_host([s])[s])[:, 1:], target_of[n])
       else:
         got[n] = read[s]
   fresh_leaves = jax.tree.leaves(fresh) if fresh is not None else [None] * len(leaves)
