@@ -180,6 +180,35 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _restore_state(model_dir, step):
+  with ocp.CheckpointManager(model_dir / "checkpoints") as manager:
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+
+
+def test_flax_mutables_are_carried_updated_checkpointed_and_resumed(clean_gin, toy_task,
+                                                                    tmp_path):
+  """A model with a 'momentum' collection (t5x's flax_mutables): the state carries it,
+  its loss_fn updates it every step (EMA with decay 0.5 of the params the loss saw),
+  checkpoints hold it and a resumed run continues it exactly."""
+  step, state = _train(tmp_path / "full", 3, toy_task, period=1,
+                       model=toy_model.EmaToyModel(decay=0.5))
+  assert step == 3 and set(state) == {"step", "params", "opt_state", "flax_mutables"}
+  ckpt = {s: _restore_state(tmp_path / "full", s) for s in (2, 3)}  # keep=2
+  expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p,
+                          ckpt[2]["flax_mutables"]["momentum"], ckpt[2]["params"])
+  for got, want in zip(jax.tree.leaves(ckpt[3]["flax_mutables"]["momentum"]),
+                       jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+  assert not np.allclose(jax.tree.leaves(ckpt[3]["flax_mutables"])[0],
+                         jax.tree.leaves(ckpt[3]["params"])[0])
+  _train(tmp_path / "split", 2, toy_task, period=1, model=toy_model.EmaToyModel(0.5))
+  _, resumed = _train(tmp_path / "split", 3, toy_task, period=1,
+                      model=toy_model.EmaToyModel(0.5))
+  _assert_same_params(resumed["flax_mutables"], state["flax_mutables"])
+  _assert_same_params(resumed["params"], state["params"])
+
+
 @pytest.mark.parametrize("save_dataset", [True, False],
                          ids=["iterator_state", "skip_fallback"])
 def test_resumed_run_equals_uninterrupted(clean_gin, toy_task, tmp_path, caplog,

@@ -157,3 +157,37 @@ def register_toy_mixture(name: str = "toy_mixture") -> str:
     tasks = [register_toy_task(f"{name}_a", 0), register_toy_task(f"{name}_b", 1)]
     seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
   return name
+
+
+class EmaToyModel(ToyModel):
+  """ToyModel whose train state also carries an exponential moving average of its
+  params (a 'momentum' flax_mutables collection, as SIMLA's momentum encoder needs),
+  updated in `loss_fn` with t5x's flax_mutables signature: ema <- decay * ema +
+  (1 - decay) * params, the params the loss was computed with."""
+
+  def __init__(self, decay: float = 0.5, **kw):
+    super().__init__(**kw)
+    self.decay = decay
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    variables = super().get_initial_variables(rng, input_shapes, input_types)
+    return dict(variables, momentum=jax.tree.map(jnp.copy, variables["params"]))
+
+  def _update(self, params, flax_mutables):
+    ema = jax.tree.map(lambda e, p: self.decay * e + (1 - self.decay)
+                       * jax.lax.stop_gradient(p), flax_mutables["momentum"], params)
+    return {"momentum": ema}
+
+  def loss_fn(self, params, batch, dropout_rng, flax_mutables=None):
+    loss, metrics = super().loss_fn(params, batch, dropout_rng)
+    return loss, (metrics, self._update(params, flax_mutables))
+
+  def loss_fn_with_example_losses(self, params, batch, dropout_rng, flax_mutables=None):
+    loss, metrics, example = super().loss_fn_with_example_losses(params, batch,
+                                                                 dropout_rng)
+    if flax_mutables is None:  # Called by ToyModel.loss_fn.
+      return loss, metrics, example
+    return loss, (metrics, self._update(params, flax_mutables)), example
+
+  def eval_fn(self, params, batch, flax_mutables=None):
+    return super().loss_fn(params, batch, None)

@@ -1,11 +1,16 @@
 """Parameter count and forward GFLOPs of the model a gin file defines.
 
     python tools/model_stats.py --gin_file=gin/jar_base.gin [--json]
+    python tools/model_stats.py --gin_file=gin/models/vlmo_base.gin \
+        --gin.TASK_FEATURE_LENGTHS="{'text': 40}"
 
 Parameters come from `jax.eval_shape` of the network's init (no weights are made);
-FLOPs from XLA's cost analysis of the compiled teacher-forced forward pass (image
-encoder, text encoder, fusion and decoder over TASK_FEATURE_LENGTHS) for one example at
-the gin's image size. With --json the last line printed is one JSON object.
+FLOPs from XLA's cost analysis of a compiled forward pass for one example at the gin's
+image size: for the encoder-decoder the teacher-forced pass (image encoder, text
+encoder, fusion and decoder over TASK_FEATURE_LENGTHS); for an encoder model (VLMo)
+the network with every head once (image-only, text-only and two fusion passes), the
+dual-encoder embedding of one image and one text, and one fusion pass. With --json the last line printed is one JSON
+object.
 """
 import json
 import os
@@ -58,17 +63,75 @@ def model_stats(model: models.VLEncoderDecoderModel, feature_lengths, batch_size
   }
 
 
+def encoder_model_stats(model, feature_lengths, batch_size=1):
+  """model_stats for an encoder model (`vlmo_models`): params by top-level module and,
+  for the Multiway Transformer, by expert kind summed over layers."""
+  cfg = model.module.config
+  shapes = {"image": (batch_size, cfg.image_size, cfg.image_size, 3),
+            "text_tokens": (batch_size, feature_lengths["text"])}
+  # The network's own init: no vocabulary file is read (vocab_size is in the config).
+  params = nn.unbox(jax.eval_shape(
+      lambda r: model.module.init(r, jnp.zeros(shapes["image"]),
+                                  jnp.zeros(shapes["text_tokens"], jnp.int32)),
+      jax.random.PRNGKey(0))["params"])
+  by_module = {k: _count(v) for k, v in params.items() if k != "encoder"}
+  for name, sub in params.get("encoder", {}).items():
+    kind = "encoder/" + (name if not name.startswith("layer_") else "layers")
+    by_module[kind] = by_module.get(kind, 0) + _count(sub)
+  by_expert = {}
+  for name, layer in params.get("encoder", {}).items():
+    if name.startswith("layer_"):
+      for part, sub in layer.items():
+        by_expert[part] = by_expert.get(part, 0) + _count(sub)
+  batch = {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "image" else jnp.int32)
+           for k, v in shapes.items()}
+  start = time.time()
+  module = model.module
+
+  def flops(method):
+    fn = lambda p, b: module.apply({"params": p}, b["image"], b["text_tokens"],
+                                   method=method)
+    return _gflops(jax.jit(fn).lower(params, batch).compile()) / batch_size
+
+  embed = lambda m, image, tokens: (m.image_embedding(image), m.text_embedding(tokens))
+  stats = {
+      "params": _count(params),
+      "params_by_module": by_module,
+      "params_by_expert": by_expert,
+      # Every head once: image-only, text-only and two image-text (ITM, MLM) passes.
+      "forward_gflops_per_example": flops(None),
+      "embedding_gflops_per_pair": flops(embed),  # Dual encoder: one image + one text.
+      "fusion_gflops_per_pair": flops(type(module).itm_logits),  # One fusion pass.
+      "image_size": cfg.image_size,
+      "feature_lengths": dict(feature_lengths),
+      "fusion": "multiway" if cfg.multiway else "standard transformer",
+  }
+  stats["compile_seconds"] = round(time.time() - start, 1)
+  return stats
+
+
+def _gflops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) / 1e9
+
+
 def main(argv):
   del argv
   gin_utils.parse_gin_flags_from_command_line()
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()  # Built by gin.
   lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
-  stats = model_stats(model, lengths, _BATCH.value)
+  if hasattr(model.module, "vit_config"):
+    stats = model_stats(model, lengths, _BATCH.value)
+  else:
+    stats = encoder_model_stats(model, lengths, _BATCH.value)
   stats["gin_files"] = flags.FLAGS.gin_file
   print(f"{'module':<24}{'parameters':>16}")
   for name, count in stats["params_by_module"].items():
     print(f"{name:<24}{count:>16,}")
   print(f"{'total':<24}{stats['params']:>16,}")
+  for name, count in stats.get("params_by_expert", {}).items():
+    print(f"{'  all layers: ' + name:<24}{count:>16,}")
   print(f"forward GFLOPs per example: {stats['forward_gflops_per_example']:.2f} "
         f"(image {stats['image_size']}px, lengths {stats['feature_lengths']}, "
         f"fusion {stats['fusion']})")

@@ -1,4 +1,4 @@
-r"""Evaluation entry point (t5x's `eval.py`): greedy generation + the Tasks' metrics.
+r"""Evaluation entry point (t5x's `eval.py`): the model's evaluator + the Tasks' metrics.
 
     vlpretrain eval --gin_file=gin/eval_easy_vqa.gin \
         --gin.CHECKPOINT_PATH=/tmp/easy_vqa/checkpoints --gin.EVAL_OUTPUT_DIR=/tmp/eval
@@ -29,6 +29,7 @@ import gin
 import jax
 
 from vlpretrain import errors
+from vlpretrain import evaluators
 from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import partitioning
@@ -77,7 +78,8 @@ def evaluate(*,
              checkpoint_steps: Optional[Union[str, Sequence[int]]] = None,
              extra_metric_fns: Optional[Mapping[str, Sequence[MetricFn]]] = None,
              write_predictions: bool = True,
-             log_every_s: float = 10.0) -> dict:
+             log_every_s: float = 10.0,
+             evaluator: Optional[str] = None) -> dict:
   """Evaluates checkpoint(s) of `model` on `dataset_cfg.split`; returns metrics.json's dict.
 
   Args:
@@ -94,6 +96,8 @@ def evaluate(*,
       Task's own (e.g. the easy-VQA per-answer-type breakdown).
     write_predictions: write predictions/<task>-<split>-step<step>.jsonl.
     log_every_s: seconds between progress lines.
+    evaluator: 'generation', 'classification' or 'retrieval' (evaluators.py); None
+      takes the model's EVALUATOR.
   """
   # Check the configuration before touching devices or data.
   inference.check_dataset_cfg(dataset_cfg, "eval_script.evaluate")
@@ -110,11 +114,11 @@ def evaluate(*,
   inference.hide_gpus_from_tf()
   is_primary = jax.process_index() == 0
 
-  generator = inference.Generator(model, partitioner, dataset_cfg.batch_size,
-                                  log_every_s)
+  evaluator = evaluators.make(model, partitioner, dataset_cfg.batch_size, log_every_s,
+                              kind=evaluator)
   history_path = os.path.join(output_dir, "metrics_history.json")
   result = writer = None
-  for step_dir, step, params in generator.load_params(dataset_cfg, restore_checkpoint_cfg,
+  for step_dir, step, params in evaluator.load_params(dataset_cfg, restore_checkpoint_cfg,
                                                       checkpoint_steps):
     if writer is None:  # The checkpoint and the data load: now EVAL_OUTPUT_DIR is written.
       if is_primary:
@@ -127,17 +131,16 @@ def evaluate(*,
     result = {"checkpoint": step_dir, "step": step, "split": dataset_cfg.split,
               "mixture_or_task_name": dataset_cfg.mixture_or_task_name, "tasks": {}}
     scalars = {}
-    for ev in inference.evaluate_tasks(generator, params, dataset_cfg, tasks,
-                                       extra_metric_fns, step):
-      name = ev.preds.task.name
+    for ev in evaluator.evaluate_tasks(params, dataset_cfg, tasks, extra_metric_fns,
+                                       step):
+      name = ev.task.name
       result["tasks"][name] = ev.summary()
       scalars.update(ev.scalars())
       if is_primary and write_predictions:
         path = os.path.join(output_dir, "predictions",
                             inference.output_name(name, dataset_cfg.split, step))
-        inference.write_jsonl(path, inference.prediction_records(
-            ev.preds, ev.predictions, ev.targets))
-        logging.info("Wrote %d predictions to %s.", len(ev.preds), path)
+        n = inference.write_jsonl(path, ev.records())
+        logging.info("Wrote %d predictions to %s.", n, path)
     writer.write_scalars(step if step is not None else 0, scalars)
     if is_primary:
       inference.write_json(os.path.join(output_dir, "metrics.json"), result)

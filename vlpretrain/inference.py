@@ -37,9 +37,8 @@ from vlpretrain import errors
 from vlpretrain import partitioning
 from vlpretrain import utils
 
-# Model features that generation reads (the decode length comes from the decoder input).
-PREDICT_FEATURES = ("image", "encoder_input_tokens", "decoder_input_tokens")
-SCORE_FEATURES = PREDICT_FEATURES + ("decoder_target_tokens", "decoder_loss_weights")
+# Model features that are bookkeeping, not model inputs.
+NON_MODEL_FEATURES = ("task_id",)
 
 MetricFn = Callable[..., Mapping[str, float]]
 
@@ -100,6 +99,12 @@ def _is_text_field(name: str, spec: tf.TensorSpec) -> bool:
   return spec.dtype == tf.string or spec.shape.rank == 0
 
 
+def model_features(element_spec) -> list[str]:
+  """The features of a model dataset that the model reads (all but NON_MODEL_FEATURES):
+  `get_initial_variables` gets all their shapes and `predict_batch` all of them."""
+  return [k for k in element_spec if k not in NON_MODEL_FEATURES]
+
+
 def _task_dataset(task: seqio.Task, cfg: utils.DatasetConfig) -> tf.data.Dataset:
   return task.get_dataset(sequence_length=cfg.task_feature_lengths, split=cfg.split,
                           use_cached=cfg.use_cached, shuffle=False, num_epochs=1,
@@ -122,10 +127,11 @@ class TaskPredictions:
 
   def inputs_text(self, i: int) -> str:
     ex = self.examples[i]
-    if "inputs_pretokenized" in ex:
-      return to_python(ex["inputs_pretokenized"])
-    return self.task.output_features["inputs"].vocabulary.decode(
-        to_python(ex["inputs"]))
+    for name in ("inputs", "text"):  # Encoder-decoder Tasks, encoder Tasks.
+      if f"{name}_pretokenized" in ex:
+        return to_python(ex[f"{name}_pretokenized"])
+    name = "inputs" if "inputs" in ex else "text"
+    return self.task.output_features[name].vocabulary.decode(to_python(ex[name]))
 
   def targets_raw(self, i: int):
     """The target as the example carries it (text, or a list of texts), or None."""
@@ -175,9 +181,10 @@ class Generator:
     """
     chosen = checkpoints.resolve(restore_cfg.path, restore_cfg.mode, steps)
     element_spec = self._model_dataset(tasks_of(cfg)[0], cfg).element_spec
+    names = model_features(element_spec)
     shapes = {k: (self.partitioner.data_axis_size,) + tuple(element_spec[k].shape[1:])
-              for k in PREDICT_FEATURES}
-    types = {k: element_spec[k].dtype.as_numpy_dtype for k in PREDICT_FEATURES}
+              for k in names}
+    types = {k: element_spec[k].dtype.as_numpy_dtype for k in names}
     abstract, shardings = checkpoints.abstract_params(self.model, shapes, types,
                                                       self.partitioner)
     for step_dir, step in chosen:
@@ -194,8 +201,9 @@ class Generator:
   def _examples(self, task: seqio.Task, cfg: utils.DatasetConfig) -> list[dict]:
     ds = _task_dataset(task, cfg)
     keep = [k for k, s in ds.element_spec.items() if _is_text_field(k, s)]
-    if "inputs_pretokenized" not in keep and "inputs" in ds.element_spec:
-      keep.append("inputs")
+    for name in ("inputs", "text"):
+      if f"{name}_pretokenized" not in keep and name in ds.element_spec:
+        keep.append(name)
     if "targets_pretokenized" not in keep and "targets" in ds.element_spec:
       keep.append("targets")
     ds = ds.map(lambda ex: {k: ex[k] for k in keep}, num_parallel_calls=tf.data.AUTOTUNE)
@@ -223,11 +231,10 @@ class Generator:
     examples = self._examples(task, cfg)
     progress = Progress(f"{task.name} [{cfg.split}]", len(examples), self.log_every_s)
     tokens, scores, target_scores = [], [], []
-    features = SCORE_FEATURES if with_target_scores else PREDICT_FEATURES
+    ds = self._model_dataset(task, cfg)
     with self.partitioner.activate():
-      for batch, n in self._global_batches(self._model_dataset(task, cfg), features):
-        predict_batch = {k: batch[k] for k in PREDICT_FEATURES}
-        out, aux = jax.device_get(self._predict(params, predict_batch))
+      for batch, n in self._global_batches(ds, model_features(ds.element_spec)):
+        out, aux = jax.device_get(self._predict(params, batch))
         tokens.append(np.asarray(out)[:n])
         scores.append(np.asarray(aux["scores"])[:n])
         if with_target_scores:
@@ -246,6 +253,12 @@ class Generator:
         task=task, split=cfg.split, examples=examples, tokens=tokens,
         predictions=predictions, scores=np.concatenate(scores),
         target_scores=np.concatenate(target_scores) if with_target_scores else None)
+
+  def evaluate_tasks(self, params, cfg: utils.DatasetConfig, tasks: Sequence[seqio.Task],
+                     extra_metric_fns: Mapping[str, Sequence["MetricFn"]],
+                     step: Optional[int], log_name: str = "eval"):
+    """The evaluator protocol (evaluators.py): `evaluate_tasks` below."""
+    return evaluate_tasks(self, params, cfg, tasks, extra_metric_fns, step, log_name)
 
 
 # -----------------------------------------------------------------------------
@@ -295,14 +308,26 @@ class TaskEvaluation:
   predictions: list           # Postprocessed predictions, in dataset order.
   targets: list               # Postprocessed targets, in dataset order.
 
+  @property
+  def task(self) -> seqio.Task:
+    return self.preds.task
+
   def summary(self) -> dict:
     """What metrics.json / metrics_history.json hold per task."""
     return {"num_examples": len(self.preds), "metrics": self.metrics}
 
   def scalars(self) -> dict[str, float]:
     """The float metrics as TensorBoard scalars '<task>/<metric>'."""
-    return {f"{self.preds.task.name}/{k}": v for k, v in self.metrics.items()
-            if isinstance(v, float)}
+    return scalars(self.task.name, self.metrics)
+
+  def records(self) -> Iterator[dict]:
+    """predictions/<task>-<split>-step<step>.jsonl's records."""
+    return prediction_records(self.preds, self.predictions, self.targets)
+
+
+def scalars(task_name: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+  """The float metrics as TensorBoard scalars '<task>/<metric>'."""
+  return {f"{task_name}/{k}": v for k, v in metrics.items() if isinstance(v, float)}
 
 
 def evaluate_tasks(generator: Generator, params, cfg: utils.DatasetConfig,

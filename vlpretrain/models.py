@@ -92,6 +92,9 @@ class BaseModel(abc.ABC):
   """t5x's BaseModel contract; see the module docstring."""
 
   FEATURE_CONVERTER_CLS: Callable[..., seqio.FeatureConverter]
+  # How `vlpretrain eval` and the trainer's inference evals score it (evaluators.py):
+  # 'generation', 'classification' or 'retrieval'.
+  EVALUATOR = "generation"
 
   def __init__(self, optimizer_def: Any = None):
     self.optimizer_def = optimizer_def

@@ -37,6 +37,7 @@ from vlpretrain import assignment_maps  # noqa: F401  (gin: @assignment_maps.*)
 from vlpretrain import checkpoints
 from vlpretrain import dynamic_mixture
 from vlpretrain import errors
+from vlpretrain import evaluators
 from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import models
@@ -45,8 +46,6 @@ from vlpretrain import preemption
 from vlpretrain import utils
 from vlpretrain.data import bad_data
 
-# Model-input features whose shapes `get_initial_variables` needs.
-_INIT_FEATURES = ("image", "encoder_input_tokens", "decoder_input_tokens")
 # tf.data ops that run Python with state; an iterator over them cannot be saved.
 _UNSAVEABLE_OPS = frozenset({"GeneratorDataset", "PyFunc", "EagerPyFunc"})
 
@@ -157,11 +156,12 @@ def _task_names(provider) -> Optional[list[str]]:
 class InferenceEvaluator:
   """Inference evals during training (t5x's `infer_eval_dataset_cfg`).
 
-  Each call greedy-decodes every example of `dataset_cfg.split` of each Task with the
+  Each call evaluates every example of `dataset_cfg.split` of each Task with the
   params as the trainer holds them (sharded by the partitioner; no checkpoint round
-  trip) and computes the Tasks' metrics with `inference.evaluate_tasks`, the code path
-  of `vlpretrain eval`. The Generator is built once, so its jitted decode is compiled by
-  the first eval and reused. The primary process writes TensorBoard scalars
+  trip) with the model's evaluator (evaluators.py: greedy generation and the Tasks'
+  metrics, classification, or retrieval Recall@K), the code path of `vlpretrain eval`.
+  The evaluator is built once, so its jitted functions are compiled by the first eval
+  and reused. The primary process writes TensorBoard scalars
   '<task>/<metric>' and metrics_history.json to `output_dir`, in `vlpretrain eval`'s
   layout: {step: {step, split, mixture_or_task_name, tasks: {task: {num_examples,
   metrics}}}} (a resumed run keeps the earlier steps).
@@ -171,7 +171,7 @@ class InferenceEvaluator:
                dataset_cfg: utils.DatasetConfig, tasks: Sequence[seqio.Task],
                metric_fns: Mapping[str, Sequence[inference.MetricFn]], output_dir: str,
                is_primary: bool):
-    self.generator = inference.Generator(model, partitioner, dataset_cfg.batch_size)
+    self.evaluator = evaluators.make(model, partitioner, dataset_cfg.batch_size)
     self.dataset_cfg, self.tasks, self.metric_fns = dataset_cfg, tasks, metric_fns
     self.is_primary = is_primary
     self.writer = metric_writers.AsyncMultiWriter(
@@ -186,9 +186,9 @@ class InferenceEvaluator:
     result = {"step": step, "split": cfg.split,
               "mixture_or_task_name": cfg.mixture_or_task_name, "tasks": {}}
     scalars = {}
-    for ev in inference.evaluate_tasks(self.generator, params, cfg, self.tasks,
-                                       self.metric_fns, step, "infer_eval"):
-      result["tasks"][ev.preds.task.name] = ev.summary()
+    for ev in self.evaluator.evaluate_tasks(params, cfg, self.tasks, self.metric_fns,
+                                            step, "infer_eval"):
+      result["tasks"][ev.task.name] = ev.summary()
       scalars.update(ev.scalars())
     self.writer.write_scalars(step, scalars)
     if self.is_primary:
@@ -255,7 +255,8 @@ def train(*,
       way no non-finite state is checkpointed and the dynamic sampler never sees it.
 
   Returns:
-    (final step, final train state dict with 'step', 'params', 'opt_state').
+    (final step, final train state dict with 'step', 'params', 'opt_state', and
+    'flax_mutables' when the model's variables have collections besides params).
   """
   t_start = time.time()
   # ---------------------------------------------------------------------------
@@ -380,10 +381,6 @@ def train(*,
         "in Python), so tf.data cannot checkpoint its position. Checkpoints record how "
         "far it got instead, and a resumed run skips ahead (the same batches for a fixed "
         "seed, but slower to restart).", ", ".join(sorted(unsaveable)))
-  for name in _INIT_FEATURES:
-    if name not in example_spec:
-      raise errors.ConfigError(f"The feature converter {feature_converter_cls.__name__} gives "
-                               f"no {name!r} feature (it gives {sorted(example_spec)}).")
   task_names = (_task_names(provider) if dynamic_mixture.TASK_ID in example_spec
                 else None)
 
@@ -393,18 +390,25 @@ def train(*,
   # get_initial_variables) give their shardings.
   # ---------------------------------------------------------------------------
   init_batch = partitioner.data_axis_size  # Param shapes do not depend on it.
-  input_shapes = {k: (init_batch,) + tuple(example_spec[k].shape)
-                  for k in _INIT_FEATURES}
-  input_types = {k: example_spec[k].dtype.as_numpy_dtype for k in _INIT_FEATURES}
+  init_features = inference.model_features(example_spec)  # All of them, as t5x.
+  input_shapes = {k: (init_batch,) + tuple(example_spec[k].shape) for k in init_features}
+  input_types = {k: example_spec[k].dtype.as_numpy_dtype for k in init_features}
   init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(random_seed))
 
   def init_params(rng):
     return model.get_initial_variables(rng, input_shapes, input_types)["params"]
 
+  def init_mutables(rng):
+    return flax_mutables_of(model.get_initial_variables(rng, input_shapes, input_types))
+
   def init_state(rng):
-    params = init_params(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": optimizer.init(params)}
+    variables = model.get_initial_variables(rng, input_shapes, input_types)
+    params = variables["params"]
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": optimizer.init(params)}
+    if has_mutables:
+      state["flax_mutables"] = flax_mutables_of(variables)
+    return state
 
   with partitioner.activate():
     abstract_variables = jax.eval_shape(
@@ -419,10 +423,21 @@ def train(*,
       "opt_state": partitioner.optimizer_state_shardings(
           abstract_opt_state, abstract_params, param_shardings),
   }
+  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32),
+                    "params": abstract_params, "opt_state": abstract_opt_state}
+  # Collections besides params (EMA / momentum params, queues): t5x's flax_mutables,
+  # sharded by their own `<collection>_axes` names where the model gives them.
+  abstract_mutables = flax_mutables_of(abstract_variables)
+  has_mutables = bool(abstract_mutables)
+  if has_mutables:
+    abstract_state["flax_mutables"] = abstract_mutables
+    state_shardings["flax_mutables"] = {
+        k: partitioner.param_shardings(v, abstract_variables.get(f"{k}_axes"))
+        for k, v in abstract_mutables.items()}
+    logging.info("Train state carries flax_mutables: %s.", sorted(abstract_mutables))
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
-       "opt_state": abstract_opt_state}, state_shardings)
+      abstract_state, state_shardings)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
   logging.info("Model: %s parameters.", f"{num_params:,}")
 
@@ -473,6 +488,10 @@ def train(*,
           out_shardings=state_shardings["opt_state"])(params)
     state = {"step": jax.device_put(jnp.zeros((), jnp.int32), partitioner.replicated),
              "params": params, "opt_state": opt_state}
+    if has_mutables:  # Fresh, as a fresh init's (e.g. an EMA starts at its init).
+      with partitioner.activate():
+        state["flax_mutables"] = jax.jit(
+            init_mutables, out_shardings=state_shardings["flax_mutables"])(init_rng)
   else:
     with partitioner.activate():
       state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
@@ -489,21 +508,28 @@ def train(*,
   # ---------------------------------------------------------------------------
   # Train step: grad of the model's loss, optax update; state donated.
   # ---------------------------------------------------------------------------
-  def loss_and_aux(params, batch, dropout_rng):
-    """The model's loss; aux: its clu metrics and, on a mixture with task ids, the
-    per-task loss sums and token counts (seed 001 sec. 3.1's difficulty signal)."""
+  def loss_and_aux(params, batch, dropout_rng, mutables):
+    """The model's loss; aux: its clu metrics, on a mixture with task ids the per-task
+    loss sums and token counts (seed 001 sec. 3.1's difficulty signal), and the new
+    flax_mutables. With mutables the model is called as t5x calls it:
+    `loss_fn(params, batch, dropout_rng, flax_mutables) -> (loss, (metrics,
+    flax_mutables))` (and `loss_fn_with_example_losses` likewise, + the examples)."""
+    extra = (mutables,) if has_mutables else ()
     if task_names is None:
-      loss, metrics = model.loss_fn(params, batch, dropout_rng)
-      return loss, (metrics, None)
-    loss, metrics, example = model.loss_fn_with_example_losses(params, batch,
-                                                               dropout_rng)
+      loss, aux = model.loss_fn(params, batch, dropout_rng, *extra)
+      metrics, mutables = aux if has_mutables else (aux, None)
+      return loss, (metrics, None, mutables)
+    loss, aux, example = model.loss_fn_with_example_losses(params, batch, dropout_rng,
+                                                           *extra)
+    metrics, mutables = aux if has_mutables else (aux, None)
     seg = lambda x: jax.ops.segment_sum(x, batch["task_id"], len(task_names))
-    return loss, (metrics, (seg(example.loss_sum), seg(example.weight)))
+    return loss, (metrics, (seg(example.loss_sum), seg(example.weight)), mutables)
 
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(dropout_key, state["step"])
     grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
-    (loss, (metrics, task_losses)), grads = grad_fn(state["params"], batch, dropout_rng)
+    (loss, (metrics, task_losses, mutables)), grads = grad_fn(
+        state["params"], batch, dropout_rng, state.get("flax_mutables"))
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
@@ -516,6 +542,8 @@ def train(*,
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       params, opt_state = keep(params, state["params"]), keep(opt_state,
                                                               state["opt_state"])
+      if has_mutables:
+        mutables = keep(mutables, state["flax_mutables"])
       metrics = jax.tree.map(lambda m: jnp.where(finite, m, jnp.zeros_like(m)), metrics)
       if task_losses is not None:
         task_losses = jax.tree.map(lambda x: jnp.where(finite, x, 0), task_losses)
@@ -525,6 +553,8 @@ def train(*,
     if task_losses is not None:
       step_stats["task_loss_sum"], step_stats["task_token_count"] = task_losses
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if has_mutables:
+      new_state["flax_mutables"] = mutables
     return new_state, metrics, step_stats
 
   p_train_step = jax.jit(train_step, donate_argnums=(0,),
@@ -535,14 +565,18 @@ def train(*,
   # Evals: mean deterministic loss over `eval_steps` batches of a held-out split;
   # greedy decoding of a whole split and its metrics (InferenceEvaluator).
   # ---------------------------------------------------------------------------
-  p_eval_step = jax.jit(lambda params, batch: model.eval_fn(params, batch)[1],
-                        out_shardings=partitioner.replicated)
+  def eval_step_metrics(params, batch, mutables):
+    if not has_mutables:
+      return model.eval_fn(params, batch)[1]
+    return model.eval_fn(params, batch, mutables)[1]  # t5x's call with flax_mutables.
 
-  def run_train_eval(params) -> dict[str, float]:
+  p_eval_step = jax.jit(eval_step_metrics, out_shardings=partitioner.replicated)
+
+  def run_train_eval(params, mutables) -> dict[str, float]:
     """The model's eval_fn metrics, merged over `eval_steps` batches (clu)."""
     ds = utils.get_dataset(train_eval_dataset_cfg, shard.index, shard.num_shards,
                            feature_converter_cls, num_epochs=1).take(eval_steps)
-    results = [p_eval_step(params, partitioner.shard_batch(b))
+    results = [p_eval_step(params, partitioner.shard_batch(b), mutables)
                for b in ds.as_numpy_iterator()]
     if not results:
       raise errors.ConfigError(f"train_eval dataset {train_eval_dataset_cfg.split!r} of "
@@ -644,7 +678,7 @@ def train(*,
 
       eval_due = step % eval_period == 0 or step == total_steps
       if train_eval_dataset_cfg and eval_due:
-        eval_metrics = run_train_eval(state["params"])
+        eval_metrics = run_train_eval(state["params"], state.get("flax_mutables"))
         eval_writer.write_scalars(step, eval_metrics)
         logging.info("eval step %d | %s", step,
                      " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
@@ -693,6 +727,13 @@ def train(*,
   if stopped_by:
     logging.info("The same command resumes from step %d.", step)
   return step, state
+
+
+def flax_mutables_of(variables) -> dict:
+  """The collections of `get_initial_variables` the train state carries besides params:
+  all but 'params' and the axis-name collections ('params_axes', '<name>_axes')."""
+  return {k: v for k, v in variables.items()
+          if k != "params" and not k.endswith("_axes")}
 
 
 def _compile(what: str, jitted, *args):

@@ -72,3 +72,72 @@ class VLEncDecFeatureConverter(seqio.EncDecFeatureConverter):
       if k in task_feature_lengths:
         lengths[k] = task_feature_lengths[k]
     return lengths
+
+
+class VLEncoderFeatureConverter(seqio.FeatureConverter):
+  """For encoder models (VLMo's family): image + text (+ a class label).
+
+  Task features:  image (float32 (H, W, 3)), text (int32 tokens, EOS appended: the
+                  [T_SEP]), optional targets (one id of a `label_vocab.LabelVocabulary`),
+                  optional task_id.
+  Model features: image, text_tokens (text padded with 0 / trimmed to
+                  task_feature_lengths['text']), labels (int32 scalar, targets[0], when
+                  the Task has targets), task_id.
+  No packing: each example has its own image.
+  """
+  TASK_FEATURES = {"text": FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {"text_tokens": FeatureSpec(dtype=tf.int32)}
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
+               apply_length_check: bool = True, bos_id: int = 0):
+    if pack:
+      raise errors.ConfigError(
+          "VLEncoderFeatureConverter cannot pack examples (each has its own image): bind "
+          "pack = False in the DatasetConfig.")
+    super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
+                     apply_length_check=apply_length_check, bos_id=bos_id)
+
+  def __call__(self, ds: tf.data.Dataset,
+               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    spec = ds.element_spec
+    for name in ("image", "text"):
+      if name not in spec:
+        raise ValueError(f"VLEncoderFeatureConverter: the dataset has no {name!r} "
+                         f"feature (it has {sorted(spec)}); encoder models read an "
+                         "'image' and a tokenized 'text' (tasks/shapes_retrieval.py).")
+    image_shape = spec["image"].shape
+    if image_shape.rank != 3 or not image_shape.is_fully_defined():
+      raise ValueError(f"'image' must have a static (H, W, C) shape, got {image_shape}"
+                       "; resize it in a preprocessor (vlpretrain.data.images).")
+    if "text" not in task_feature_lengths:
+      raise ValueError("task_feature_lengths needs 'text' for an encoder model, e.g. "
+                       "TASK_FEATURE_LENGTHS = {'text': 24}; got "
+                       f"{dict(task_feature_lengths)}.")
+    return self._convert_features(ds, task_feature_lengths)
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    length = task_feature_lengths["text"]
+    has_labels = "targets" in ds.element_spec
+
+    def convert(ex):
+      text = ex["text"][:length]
+      if self._apply_length_check:
+        tf.debugging.assert_less_equal(
+            tf.size(ex["text"]), length,
+            message=f"'text' is longer than task_feature_lengths['text']={length}")
+      out = {"image": ex["image"],
+             "text_tokens": tf.pad(text, [[0, length - tf.size(text)]])}
+      out["text_tokens"] = tf.ensure_shape(tf.cast(out["text_tokens"], tf.int32),
+                                           [length])
+      if has_labels:
+        out["labels"] = tf.cast(tf.reshape(ex["targets"], [-1])[0], tf.int32)
+      if "task_id" in ex:
+        out["task_id"] = tf.cast(ex["task_id"], tf.int32)
+      return out
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(
+      self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    return {"text_tokens": task_feature_lengths["text"]}
