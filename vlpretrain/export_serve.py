@@ -1,4 +1,5 @@
-"""Serving a vlpretrain export: (encoded image bytes, prompt text) -> generated text.
+"""Serving a vlpretrain export: (encoded image bytes, prompt text) -> generated text or
+a label; for a dual encoder, image or text -> embedding and (image, text) -> match.
 
 This file is copied into every export artifact as `serve.py`. It is self-contained: it
 needs numpy, jax, Pillow and sentencepiece, never vlpretrain or TensorFlow.
@@ -10,11 +11,20 @@ needs numpy, jax, Pillow and sentencepiece, never vlpretrain or TensorFlow.
     python serve.py /path/to/artifact --image x.png --prompt "question: what shape is it?"
     -> {"prediction": "circle"}            (a bad request: {"error": "..."}, exit code 2)
 
+    A dual encoder (VLMo): `predictor.embed_image(bytes)`, `.embed_text(text)` (unit
+    vectors) and `.match(bytes, text)` (log p(match)); the CLI prints
+    {"image_embedding": [...]} for --image alone, {"text_embedding": [...]} for
+    --prompt alone, and {"similarity": ..., "match_log_prob": ...} for both.
+
 Artifact files (written by `vlpretrain export`):
-  config.json            sizes, limits, token ids, file names
-  serving_fn.jax_export  `jax.export` serialization of
+  config.json            sizes, limits, token ids, file names, "functions": each
+                         function's file, inputs and kind of output ("labels" for a
+                         classifier)
+  serving_fn.jax_export  `jax.export` serialization of 'generate':
                          f(params: list of arrays, image f32[B,S,S,3], tokens i32[B,L])
                          -> i32[B,T], greedy decoding with the KV cache; B is symbolic
+  <name>.jax_export      the other functions: classify (-> i32[B]), embed_image,
+                         embed_text (-> f32[B,D]), match (-> f32[B])
   params.npz             the params, `p00000`, `p00001`, ... in jax.tree.leaves order
   spm.model              the SentencePiece model as seqio uses it (extra ids included)
   serve.py               this file
@@ -169,8 +179,17 @@ def preprocess_image(data: bytes, size: int, max_bytes: int,
 
 
 # ------------------------------------------------------------------------ predictor
+def _functions(config) -> dict:
+  """name -> {file, inputs, output}; format 1 artifacts have one 'generate'."""
+  if "functions" in config:
+    return config["functions"]
+  return {"generate": {"file": config["serving_fn"], "inputs": ["image", "tokens"],
+                       "output": "tokens"}}
+
+
 class Predictor:
-  """Loaded artifact: `predict(image_bytes, prompt) -> text`."""
+  """Loaded artifact: `predict(image_bytes, prompt) -> text` (generation or a label);
+  `embed_image`, `embed_text`, `match` for a dual encoder."""
 
   def __init__(self, artifact_dir: str):
     import jax  # pylint: disable=g-import-not-at-top
@@ -180,16 +199,21 @@ class Predictor:
     with open(os.path.join(artifact_dir, "config.json"), encoding="utf-8") as f:
       self.config = json.load(f)
     cfg = self.config
-    with open(os.path.join(artifact_dir, cfg["serving_fn"]), "rb") as f:
-      self._exported = jax_export.deserialize(bytearray(f.read()))
+    self.functions = _functions(cfg)
+    self._exported = {}
+    for name, spec in self.functions.items():
+      with open(os.path.join(artifact_dir, spec["file"]), "rb") as f:
+        self._exported[name] = jax_export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(artifact_dir, cfg["params"])) as npz:
       self._params = [jax.device_put(npz[f"p{i:05d}"]) for i in range(cfg["num_params"])]
     self._input_sp = sentencepiece.SentencePieceProcessor()
     self._input_sp.LoadFromSerializedProto(
         open(os.path.join(artifact_dir, cfg["input_vocabulary"]), "rb").read())
-    self._output_sp = sentencepiece.SentencePieceProcessor()
-    self._output_sp.LoadFromSerializedProto(
-        open(os.path.join(artifact_dir, cfg["output_vocabulary"]), "rb").read())
+    self._output_sp = None
+    if "output_vocabulary" in cfg:  # Generation; a classifier has "labels".
+      self._output_sp = sentencepiece.SentencePieceProcessor()
+      self._output_sp.LoadFromSerializedProto(
+          open(os.path.join(artifact_dir, cfg["output_vocabulary"]), "rb").read())
 
   # ------------------------------------------------------------- preprocessing
   def image(self, data: bytes) -> np.ndarray:
@@ -223,11 +247,28 @@ class Predictor:
     return sp.DecodeIds(ids)
 
   # ------------------------------------------------------------------- predict
+  def _call(self, name: str, *inputs) -> np.ndarray:
+    if name not in self._exported:
+      raise ValueError(f"this artifact serves {sorted(self._exported)}, not {name!r}.")
+    return np.asarray(self._exported[name].call(self._params, *inputs))
+
+  def _answer_function(self) -> str:
+    for name in ("generate", "classify"):
+      if name in self._exported:
+        return name
+    raise ValueError(f"this artifact serves {sorted(self._exported)}: it answers no "
+                     "prompts (a dual encoder: use embed_image / embed_text / match).")
+
   def predict_ids(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Preprocessed batch -> generated ids (B, target_length)."""
-    out = self._exported.call(self._params, np.asarray(images, np.float32),
-                              np.asarray(tokens, np.int32))
-    return np.asarray(out)
+    """Preprocessed batch -> generated ids (B, target_length), or label ids (B,)."""
+    return self._call(self._answer_function(), np.asarray(images, np.float32),
+                      np.asarray(tokens, np.int32))
+
+  def _answer(self, ids) -> str:
+    if self._answer_function() == "classify":
+      labels = self.config["labels"]
+      return labels[int(ids)] if 0 <= int(ids) < len(labels) else ""
+    return self.decode(ids)
 
   def predict_batch(self, requests) -> list:
     """[(image_bytes, prompt), ...] -> [text, ...] in one batch.
@@ -248,13 +289,27 @@ class Predictor:
     if bad:
       raise ValueError(f"{len(bad)} of {len(requests)} requests are bad, so none was "
                        f"answered: {'; '.join(bad)}")
-    return [self.decode(row) for row in self.predict_ids(np.stack(images),
-                                                         np.stack(tokens))]
+    return [self._answer(row) for row in self.predict_ids(np.stack(images),
+                                                          np.stack(tokens))]
 
   def predict(self, image_bytes: bytes, prompt: str) -> str:
-    """(encoded image bytes, prompt text) -> generated text (greedy)."""
+    """(encoded image bytes, prompt text) -> generated text (greedy), or the label."""
     image, tokens = self.image(image_bytes), self.tokens(prompt)
-    return self.decode(self.predict_ids(image[None], tokens[None])[0])
+    return self._answer(self.predict_ids(image[None], tokens[None])[0])
+
+  # -------------------------------------------------------------- dual encoder
+  def embed_image(self, image_bytes: bytes) -> np.ndarray:
+    """(D,) unit-norm image embedding."""
+    return self._call("embed_image", self.image(image_bytes)[None])[0]
+
+  def embed_text(self, text: str) -> np.ndarray:
+    """(D,) unit-norm text embedding."""
+    return self._call("embed_text", self.tokens(text)[None])[0]
+
+  def match(self, image_bytes: bytes, text: str) -> float:
+    """log p(the text matches the image), from the matching head."""
+    return float(self._call("match", self.image(image_bytes)[None],
+                            self.tokens(text)[None])[0])
 
 
 def load(artifact_dir: str) -> Predictor:
@@ -267,27 +322,44 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       description="Answer a prompt about an image with an exported vlpretrain model.")
   parser.add_argument("artifact", help="the export directory (holds config.json)")
-  parser.add_argument("--image", required=True, help="image file (PNG, JPEG, GIF, BMP)")
-  parser.add_argument("--prompt", required=True, help='e.g. "question: what is it?"')
+  parser.add_argument("--image", help="image file (PNG, JPEG, GIF, BMP)")
+  parser.add_argument("--prompt", help='the text, e.g. "question: what is it?"')
   args = parser.parse_args(argv)
-  try:
-    with open(args.image, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    print(json.dumps({"error": f"cannot read image file {args.image!r}: "
-                               f"{e.strerror or e}"}))
-    return 2
+  if args.image is None and args.prompt is None:
+    parser.error("give --image and/or --prompt")
+  data = None
+  if args.image is not None:
+    try:
+      with open(args.image, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      print(json.dumps({"error": f"cannot read image file {args.image!r}: "
+                                 f"{e.strerror or e}"}))
+      return 2
   try:
     predictor = load(args.artifact)
   except (OSError, ValueError, KeyError) as e:
     print(json.dumps({"error": f"cannot load artifact {args.artifact!r}: {e}"}))
     return 2
   try:
-    text = predictor.predict(data, args.prompt)
+    if "embed_image" in predictor.functions:  # A dual encoder.
+      out = {}
+      if data is not None:
+        out["image_embedding"] = predictor.embed_image(data).tolist()
+      if args.prompt is not None:
+        out["text_embedding"] = predictor.embed_text(args.prompt).tolist()
+      if data is not None and args.prompt is not None:
+        out = {"similarity": float(np.dot(out["image_embedding"], out["text_embedding"])),
+               "match_log_prob": predictor.match(data, args.prompt)}
+    elif data is None or args.prompt is None:
+      raise ValueError("this model answers a prompt about an image: give --image and "
+                       "--prompt.")
+    else:
+      out = {"prediction": predictor.predict(data, args.prompt)}
   except ValueError as e:
     print(json.dumps({"error": str(e)}))
     return 2
-  print(json.dumps({"prediction": text}, ensure_ascii=False))
+  print(json.dumps(out, ensure_ascii=False))
   return 0
 
 

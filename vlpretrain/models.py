@@ -15,6 +15,9 @@ docs/running_under_t5x.md). t5x is not imported: a t5x optimizer, decoding funct
   trainer calls it when training on a dynamic mixture: summed by `task_id` these are
   the per-task losses that dynamic difficulty sampling feeds on (seed 001 sec. 3.1).
   Optional: a model without it trains on everything but dynamic mixtures.
+* `export_functions(task_feature_lengths)` (vlpretrain's, optional): what
+  `vlpretrain export` serves, name -> `ExportFunction` (inputs among 'image' and
+  'tokens', a function of (params, *inputs), the kind of output).
 * `eval_fn`, `predict_batch(_with_aux)`, `score_batch`, `get_initial_variables` (its
   `params_axes` collection gives every param's logical axis names, as t5x's
   partitioner reads them), `FEATURE_CONVERTER_CLS`, and `optimizer_def` (read by t5x's
@@ -64,6 +67,24 @@ class ExampleLosses(NamedTuple):
   """Per example: the summed (unnormalised) token losses and the summed loss weights."""
   loss_sum: jnp.ndarray  # (B,)
   weight: jnp.ndarray    # (B,)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFunction:
+  """One function of a serving artifact: `fn(params, *inputs)` on a batch, where each
+  input is 'image' (float32 [B, S, S, 3] in [-1, 1]) or 'tokens' (int32 [B, L]: ids +
+  EOS, 0-padded); `output` is 'tokens' (generated ids), 'label' (class ids, int32 [B]),
+  'embedding' (float32 [B, D]) or 'score' (float32 [B])."""
+  inputs: Tuple[str, ...]
+  fn: Callable[..., jnp.ndarray]
+  output: str
+
+
+def require_lengths(task_feature_lengths, names, example) -> None:
+  """Raises unless TASK_FEATURE_LENGTHS gives every one of `names`."""
+  if not task_feature_lengths or not set(names) <= set(task_feature_lengths):
+    raise errors.ConfigError(f"TASK_FEATURE_LENGTHS must give {sorted(names)}, e.g. "
+                             f"--gin.TASK_FEATURE_LENGTHS=\"{example}\".")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +293,20 @@ class VLEncoderDecoderModel(BaseModel):
         "num_tokens": Sum(total=num_tokens),
         "num_examples": Sum(total=jnp.asarray(targets.shape[0], jnp.float32)),
     }
+
+  # ------------------------------------------------------------------- export
+  def export_functions(self, task_feature_lengths) -> dict:
+    """'generate': (image, prompt tokens of length inputs) -> greedy ids (targets)."""
+    require_lengths(task_feature_lengths, ("inputs", "targets"),
+                    "{'inputs': 24, 'targets': 4}")
+    target_len = task_feature_lengths["targets"]
+
+    def generate(params, image, tokens):
+      batch = {"image": image, "encoder_input_tokens": tokens,
+               "decoder_input_tokens": jnp.zeros((tokens.shape[0], target_len),
+                                                 jnp.int32)}
+      return self.predict_batch(params, batch)
+    return {"generate": ExportFunction(("image", "tokens"), generate, "tokens")}
 
   # ------------------------------------------------------------------ scoring
   def score_batch(self, params, batch: Mapping[str, jnp.ndarray],

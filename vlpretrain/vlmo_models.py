@@ -45,19 +45,29 @@ from vlpretrain.data import label_vocab
 from vlpretrain.network import t5
 from vlpretrain.network import vlmo
 
-OBJECTIVES = ("itc", "itm", "mlm")
+OBJECTIVES = ("itc", "itm", "mlm")            # Image-text pairs (sec. 3.3).
+STAGE_OBJECTIVES = ("mim", "text_mlm")        # Image-only / text-only stages (sec. 3.4).
+PAIR_FEATURES = {"itc": ("image", "text_tokens"), "itm": ("image", "text_tokens"),
+                 "mlm": ("image", "text_tokens"), "mim": ("image",),
+                 "text_mlm": ("text_tokens",)}
 _EVAL_MASK_SEED = 17  # The fixed corruption of deterministic (eval) MLM losses.
 
 
-def _init_inputs(input_shapes, input_types):
-  missing = {"image", "text_tokens"} - set(input_shapes)
-  if missing:
+def _init_inputs(config, input_shapes, input_types):
+  """Dummy image and tokens; a modality the batch lacks (an image-only or text-only
+  stage) gets the config's shape, so every stage has the same parameters."""
+  if not {"image", "text_tokens"} & set(input_shapes):
     raise errors.ConfigError(
-        f"get_initial_variables: input_shapes lacks {sorted(missing)}: encoder models "
-        "read the features of data.features.VLEncoderFeatureConverter.")
+        f"get_initial_variables: input_shapes has neither 'image' nor 'text_tokens' "
+        f"(it has {sorted(input_shapes)}): encoder models read the features of "
+        "data.features.VLEncoderFeatureConverter.")
+  batch = next(iter(input_shapes.values()))[0]
+  image_shape = input_shapes.get("image",
+                                 (batch, config.image_size, config.image_size, 3))
+  text_shape = input_shapes.get("text_tokens", (batch, config.max_text_length))
   input_types = input_types or {}
-  return (jnp.zeros(input_shapes["image"], input_types.get("image", jnp.float32)),
-          jnp.zeros(input_shapes["text_tokens"], jnp.int32))
+  return (jnp.zeros(image_shape, input_types.get("image", jnp.float32)),
+          jnp.zeros(text_shape, jnp.int32))
 
 
 def _with_vocab_size(module: vlmo.VLMo, vocabulary: seqio.Vocabulary) -> vlmo.VLMo:
@@ -82,7 +92,7 @@ class _VLMoBase(models.BaseModel):
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     """{'params', 'params_axes'} from the shapes of 'image' and 'text_tokens'."""
-    image, tokens = _init_inputs(input_shapes, input_types)
+    image, tokens = _init_inputs(self.module.config, input_shapes, input_types)
     size = self.module.config.vocab_size
     if size < self.vocabulary.vocab_size:
       raise errors.ConfigError(
@@ -113,7 +123,11 @@ class VLMoModel(_VLMoBase):
     vocabulary: the text vocabulary (its last extra id, T5's `<extra_id_0>`, is
       [MASK]; word starts come from its SentencePiece pieces).
     objectives: a subset of ('itc', 'itm', 'mlm'), summed.
+      'mim' (image-only stage) and 'text_mlm' (text-only stage) train the stages of
+      sec. 3.4 on image-only / text-only data.
     mlm_rate: BERT's masking probability (15%).
+    mim_rate: the share of patches the image stage masks (BEiT's 40%; uniformly at
+      random here, not BEiT's blocks).
     whole_word_masking: mask whole words (seed 002 sec. 4.1) rather than pieces.
     identical_texts_are_positives: identical captions of different images count as
       positives in ITC and are never drawn as ITM hard negatives (see
@@ -124,15 +138,16 @@ class VLMoModel(_VLMoBase):
   def __init__(self, module: vlmo.VLMo, vocabulary: seqio.Vocabulary,
                optimizer_def: Any = None, objectives: Sequence[str] = OBJECTIVES,
                mlm_rate: float = 0.15, whole_word_masking: bool = True,
-               identical_texts_are_positives: bool = True):
+               identical_texts_are_positives: bool = True, mim_rate: float = 0.4):
     super().__init__(module, vocabulary, optimizer_def)
     objectives = tuple(objectives)
-    unknown = sorted(set(objectives) - set(OBJECTIVES))
+    unknown = sorted(set(objectives) - set(OBJECTIVES + STAGE_OBJECTIVES))
     if unknown or not objectives:
       raise errors.ConfigError(f"VLMoModel.objectives={objectives}: choose a non-empty "
-                               f"subset of {OBJECTIVES}.")
+                               f"subset of {OBJECTIVES + STAGE_OBJECTIVES}.")
     self.objectives = objectives
     self.mlm_rate = mlm_rate
+    self.mim_rate = mim_rate
     self.whole_word_masking = whole_word_masking
     self.identical_texts_are_positives = identical_texts_are_positives
 
@@ -174,14 +189,67 @@ class VLMoModel(_VLMoBase):
       return None, None, None, None, jax.random.PRNGKey(_EVAL_MASK_SEED)
     return tuple(jax.random.split(dropout_rng, 5))
 
+  def _mask_text(self, rng, tokens):
+    candidates = (tokens != 0) & (tokens != self.vocabulary.eos_id)
+    return alignment_losses.bert_mask(
+        rng, tokens, candidates, jnp.asarray(self._word_starts)[tokens], self.mask_id,
+        *self._random_range, rate=self.mlm_rate)
+
+  def _masked_token_loss(self, logits, masked, name, metrics):
+    """Mean cross-entropy over the masked tokens; its metrics; per-example means."""
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), masked.targets[..., None],
+                              axis=-1)[..., 0]
+    num_masked = jnp.sum(masked.weights)
+    loss = jnp.sum(ce * masked.weights) / jnp.maximum(num_masked, 1.0)
+    metrics[f"{name}_loss"] = models.average(loss)
+    metrics[f"{name}_accuracy"] = clu_metrics.Accuracy.from_model_output(
+        logits=logits, labels=masked.targets, mask=masked.weights > 0)
+    metrics[f"{name}_masked_tokens"] = models.Sum(total=num_masked)
+    per_example = (jnp.sum(ce * masked.weights, 1) /
+                   jnp.maximum(jnp.sum(masked.weights, 1), 1.0))
+    return loss, per_example
+
+  def _mim_loss(self, params, image, rng, dropout_rng, metrics):
+    """Masked image modelling: MSE of the masked patches' pixels, each patch normalised
+    by its own mean and variance (MAE's normalised-pixel target; seed 004 regresses
+    pixels too)."""
+    cfg = self.module.config
+    batch, size, p = image.shape[0], cfg.image_size, cfg.patch_size
+    patch_mask = jax.random.uniform(rng, (batch, cfg.num_patches)) < self.mim_rate
+    patches = image.reshape(batch, size // p, p, size // p, p, 3)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, cfg.num_patches, -1)
+    mean = jnp.mean(patches, -1, keepdims=True)
+    var = jnp.var(patches, -1, keepdims=True)
+    target = (patches - mean) / jnp.sqrt(var + 1e-6)
+    pred = self._apply(params, vlmo.VLMo.patch_pixels, image, patch_mask,
+                       rng=dropout_rng)
+    error = jnp.mean(jnp.square(pred - target), -1)
+    weights = patch_mask.astype(jnp.float32)
+    loss = jnp.sum(error * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    metrics["mim_loss"] = models.average(loss)
+    metrics["mim_masked_patches"] = models.Sum(total=jnp.sum(weights))
+    return loss, jnp.sum(error * weights, 1) / jnp.maximum(jnp.sum(weights, 1), 1.0)
+
+  def _check_features(self, batch):
+    for objective in self.objectives:
+      missing = [f for f in PAIR_FEATURES[objective] if f not in batch]
+      if missing:
+        raise errors.ConfigError(
+            f"VLMoModel objective {objective!r} needs the batch features {missing} "
+            f"(the batch has {sorted(batch)}): train it on a Task that has them "
+            "(image-only stages: 'mim'; text-only: 'text_mlm').")
+
   def loss_fn_with_example_losses(self, params, batch, dropout_rng):
-    image, tokens = batch["image"], batch["text_tokens"]
+    self._check_features(batch)
+    image, tokens = batch.get("image"), batch.get("text_tokens")
     drop_rng, text_neg_rng, image_neg_rng, drop_rng2, mask_rng = self._rngs(dropout_rng)
-    batch_size = tokens.shape[0]
-    identical = (alignment_losses.same_rows(tokens) if self.identical_texts_are_positives
-                 else jnp.eye(batch_size, dtype=bool))
+    batch_size = (tokens if tokens is not None else image).shape[0]
     zeros = jnp.zeros((batch_size,), jnp.float32)
     per_example, metrics, total = zeros, {}, 0.0
+    if tokens is not None:
+      identical = (alignment_losses.same_rows(tokens)
+                   if self.identical_texts_are_positives
+                   else jnp.eye(batch_size, dtype=bool))
 
     needs_similarity = "itc" in self.objectives or "itm" in self.objectives
     if needs_similarity:
@@ -220,29 +288,43 @@ class VLMoModel(_VLMoBase):
           jnp.sum((jnp.argmax(itm_logits, -1) == labels) * weights), jnp.sum(weights))
 
     if "mlm" in self.objectives:
-      eos = self.vocabulary.eos_id
-      candidates = (tokens != 0) & (tokens != eos)
-      masked = alignment_losses.bert_mask(
-          mask_rng, tokens, candidates, jnp.asarray(self._word_starts)[tokens],
-          self.mask_id, *self._random_range, rate=self.mlm_rate)
-      mlm_logits = self._apply(params, vlmo.VLMo.mlm_logits, image, masked.inputs,
-                               rng=None if dropout_rng is None else drop_rng2)
-      ce = -jnp.take_along_axis(jax.nn.log_softmax(mlm_logits),
-                                masked.targets[..., None], axis=-1)[..., 0]
-      num_masked = jnp.sum(masked.weights)
-      mlm_loss = jnp.sum(ce * masked.weights) / jnp.maximum(num_masked, 1.0)
-      total += mlm_loss
-      per_example += (jnp.sum(ce * masked.weights, 1) /
-                      jnp.maximum(jnp.sum(masked.weights, 1), 1.0))
-      metrics["mlm_loss"] = models.average(mlm_loss)
-      metrics["mlm_accuracy"] = clu_metrics.Accuracy.from_model_output(
-          logits=mlm_logits, labels=masked.targets, mask=masked.weights > 0)
-      metrics["mlm_masked_tokens"] = models.Sum(total=num_masked)
+      masked = self._mask_text(mask_rng, tokens)
+      logits = self._apply(params, vlmo.VLMo.mlm_logits, image, masked.inputs,
+                           rng=drop_rng2)
+      loss, example = self._masked_token_loss(logits, masked, "mlm", metrics)
+      total, per_example = total + loss, per_example + example
+
+    if "text_mlm" in self.objectives:
+      masked = self._mask_text(mask_rng, tokens)
+      logits = self._apply(params, vlmo.VLMo.text_mlm_logits, masked.inputs,
+                           rng=drop_rng)
+      loss, example = self._masked_token_loss(logits, masked, "text_mlm", metrics)
+      total, per_example = total + loss, per_example + example
+
+    if "mim" in self.objectives:
+      loss, example = self._mim_loss(params, image, mask_rng, drop_rng, metrics)
+      total, per_example = total + loss, per_example + example
 
     metrics["loss"] = models.average(total)
     metrics["num_examples"] = models.Sum(total=jnp.asarray(batch_size, jnp.float32))
     example = models.ExampleLosses(loss_sum=per_example, weight=jnp.ones_like(zeros))
     return total, metrics, example
+
+  def export_functions(self, task_feature_lengths) -> dict:
+    """The dual encoder ('embed_image', 'embed_text') and the matching head ('match':
+    log p(match) of each (image, text) pair)."""
+    models.require_lengths(task_feature_lengths, ("text",), "{'text': 24}")
+    return {
+        "embed_image": models.ExportFunction(
+            ("image",), lambda p, image: self.embed_images(p, {"image": image}),
+            "embedding"),
+        "embed_text": models.ExportFunction(
+            ("tokens",), lambda p, tokens: self.embed_texts(p, {"text_tokens": tokens}),
+            "embedding"),
+        "match": models.ExportFunction(
+            ("image", "tokens"), lambda p, image, tokens: self.score_batch(
+                p, {"image": image, "text_tokens": tokens}), "score"),
+    }
 
   # ------------------------------------------------------ matching as output
   def score_batch(self, params, batch, return_intermediates: bool = False):
@@ -312,6 +394,13 @@ class VLMoClassifierModel(_VLMoBase):
     }
     return loss, metrics, models.ExampleLosses(loss_sum=ce,
                                                weight=known.astype(jnp.float32))
+
+  def export_functions(self, task_feature_lengths) -> dict:
+    """'classify': (image, text tokens) -> the arg-max label id (B,)."""
+    models.require_lengths(task_feature_lengths, ("text",), "{'text': 24}")
+    return {"classify": models.ExportFunction(
+        ("image", "tokens"), lambda p, image, tokens: self.predict_batch(
+            p, {"image": image, "text_tokens": tokens})[:, 0], "label")}
 
   def score_batch(self, params, batch, return_intermediates: bool = False):
     """log p(label) of each example (B,)."""

@@ -24,19 +24,23 @@ IMAGE = FeatureSpec(dtype=tf.float32, rank=3)
 TASK_ID = FeatureSpec(dtype=tf.int32, rank=0)
 
 
-class VLEncDecFeatureConverter(seqio.EncDecFeatureConverter):
-  """seqio.EncDecFeatureConverter plus the image (and task_id). No packing."""
+class _Unpacked:
+  """A seqio converter that refuses `pack=True`: every example has its own image."""
 
   def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
                apply_length_check: bool = True, bos_id: int = 0):
     if pack:
       raise errors.ConfigError(
-          "VLEncDecFeatureConverter cannot pack examples (each has its own image): bind "
+          f"{type(self).__name__} cannot pack examples (each has its own image): bind "
           "pack = False in the DatasetConfig (t5x's runs/pretrain.gin packs: "
           "train/utils.DatasetConfig.pack = False and "
           "train_eval/utils.DatasetConfig.pack = False; gin/t5x/*.gin do so).")
     super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
                      apply_length_check=apply_length_check, bos_id=bos_id)
+
+
+class VLEncDecFeatureConverter(_Unpacked, seqio.EncDecFeatureConverter):
+  """seqio.EncDecFeatureConverter plus the image (and task_id). No packing."""
 
   def __call__(self, ds: tf.data.Dataset,
                task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -74,12 +78,13 @@ class VLEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     return lengths
 
 
-class VLEncoderFeatureConverter(seqio.FeatureConverter):
+class VLEncoderFeatureConverter(_Unpacked, seqio.FeatureConverter):
   """For encoder models (VLMo's family): image + text (+ a class label).
 
   Task features:  image (float32 (H, W, 3)), text (int32 tokens, EOS appended: the
                   [T_SEP]), optional targets (one id of a `label_vocab.LabelVocabulary`),
-                  optional task_id.
+                  optional task_id. An image-only or a text-only Task (the stages of
+                  seed 002 sec. 3.4) has just one of image and text.
   Model features: image, text_tokens (text padded with 0 / trimmed to
                   task_feature_lengths['text']), labels (int32 scalar, targets[0], when
                   the Task has targets), task_id.
@@ -89,28 +94,19 @@ class VLEncoderFeatureConverter(seqio.FeatureConverter):
   MODEL_FEATURES = {"text_tokens": FeatureSpec(dtype=tf.int32)}
   PACKING_FEATURE_DTYPES = {}
 
-  def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
-               apply_length_check: bool = True, bos_id: int = 0):
-    if pack:
-      raise errors.ConfigError(
-          "VLEncoderFeatureConverter cannot pack examples (each has its own image): bind "
-          "pack = False in the DatasetConfig.")
-    super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
-                     apply_length_check=apply_length_check, bos_id=bos_id)
-
   def __call__(self, ds: tf.data.Dataset,
                task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     spec = ds.element_spec
-    for name in ("image", "text"):
-      if name not in spec:
-        raise ValueError(f"VLEncoderFeatureConverter: the dataset has no {name!r} "
-                         f"feature (it has {sorted(spec)}); encoder models read an "
-                         "'image' and a tokenized 'text' (tasks/shapes_retrieval.py).")
-    image_shape = spec["image"].shape
-    if image_shape.rank != 3 or not image_shape.is_fully_defined():
+    if "image" not in spec and "text" not in spec:
+      raise ValueError(f"VLEncoderFeatureConverter: the dataset has neither 'image' nor "
+                       f"'text' (it has {sorted(spec)}); encoder models read an 'image' "
+                       "and / or a tokenized 'text' (tasks/image_text.py).")
+    image_shape = spec["image"].shape if "image" in spec else None
+    if image_shape is not None and (image_shape.rank != 3 or
+                                    not image_shape.is_fully_defined()):
       raise ValueError(f"'image' must have a static (H, W, C) shape, got {image_shape}"
                        "; resize it in a preprocessor (vlpretrain.data.images).")
-    if "text" not in task_feature_lengths:
+    if "text" in spec and "text" not in task_feature_lengths:
       raise ValueError("task_feature_lengths needs 'text' for an encoder model, e.g. "
                        "TASK_FEATURE_LENGTHS = {'text': 24}; got "
                        f"{dict(task_feature_lengths)}.")
@@ -118,19 +114,20 @@ class VLEncoderFeatureConverter(seqio.FeatureConverter):
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    length = task_feature_lengths["text"]
-    has_labels = "targets" in ds.element_spec
+    spec = ds.element_spec
+    has_labels, has_text = "targets" in spec, "text" in spec
+    length = task_feature_lengths["text"] if has_text else None
 
     def convert(ex):
-      text = ex["text"][:length]
-      if self._apply_length_check:
-        tf.debugging.assert_less_equal(
-            tf.size(ex["text"]), length,
-            message=f"'text' is longer than task_feature_lengths['text']={length}")
-      out = {"image": ex["image"],
-             "text_tokens": tf.pad(text, [[0, length - tf.size(text)]])}
-      out["text_tokens"] = tf.ensure_shape(tf.cast(out["text_tokens"], tf.int32),
-                                           [length])
+      out = {"image": ex["image"]} if "image" in ex else {}
+      if has_text:
+        text = ex["text"][:length]
+        if self._apply_length_check:
+          tf.debugging.assert_less_equal(
+              tf.size(ex["text"]), length,
+              message=f"'text' is longer than task_feature_lengths['text']={length}")
+        out["text_tokens"] = tf.ensure_shape(
+            tf.cast(tf.pad(text, [[0, length - tf.size(text)]]), tf.int32), [length])
       if has_labels:
         out["labels"] = tf.cast(tf.reshape(ex["targets"], [-1])[0], tf.int32)
       if "task_id" in ex:
@@ -140,4 +137,5 @@ class VLEncoderFeatureConverter(seqio.FeatureConverter):
 
   def get_model_feature_lengths(
       self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-    return {"text_tokens": task_feature_lengths["text"]}
+    return ({"text_tokens": task_feature_lengths["text"]}
+            if "text" in task_feature_lengths else {})

@@ -23,6 +23,13 @@ def constrain(x, axes: Sequence[Optional[str]] = ACTIVATION_AXES):
   return nn.with_logical_constraint(x, tuple(axes))
 
 
+def check_image_size(image, size: int, binding: str) -> None:
+  """Raises if `image` (B, H, W, C) is not `size` x `size`, naming the gin binding."""
+  if image.shape[1] != size or image.shape[2] != size:
+    raise ValueError(f"Image of shape {image.shape[1:3]} given to a network configured for "
+                     f"{size}x{size}: set {binding} to the size the task produces.")
+
+
 def partitioned(init: Initializer, axes: Sequence[Optional[str]]) -> Initializer:
   return nn.with_logical_partitioning(init, tuple(axes))
 

@@ -24,7 +24,8 @@ hold all three experts, the bottom ones V-FFN and L-FFN.
 one FFN shared by all positions in all modes. `num_vl_layers=0` with `multiway=True`
 is Table 5's "Multiway-VLExp" row (no vision-language experts).
 
-Parameter names: patch_embedding, image_cls, image_pos_embedding, token_embedding,
+Parameter names: patch_embedding, image_cls, patch_mask_embedding (the [MASK] patch of
+the image-only stage), image_pos_embedding, token_embedding,
 text_cls, text_pos_embedding, type_embedding, layer_<i>/{pre_attention_norm,
 attention, v_ffn, l_ffn, vl_ffn | ffn}, final_norm.
 """
@@ -170,6 +171,8 @@ class MultiwayTransformer(nn.Module):
                                        (None, None, None, "embed")),
         bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)))
     self.image_cls = self.param("image_cls", embed_init, (1, cfg.width), jnp.float32)
+    self.patch_mask_embedding = self.param("patch_mask_embedding", embed_init,
+                                           (1, cfg.width), jnp.float32)
     self.image_pos_embedding = self.param(
         "image_pos_embedding", layers.partitioned(nn.initializers.normal(0.02),
                                                   ("length", "embed")),
@@ -192,16 +195,17 @@ class MultiwayTransformer(nn.Module):
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
 
   # ------------------------------------------------------------------ inputs
-  def embed_image(self, image):
+  def embed_image(self, image, patch_mask=None):
+    """[I_CLS] + patches + position + type; where `patch_mask` (B, N) is True the patch
+    embedding is replaced by the learned [MASK] vector (masked image modelling)."""
     cfg = self.config
-    if image.shape[1] != cfg.image_size or image.shape[2] != cfg.image_size:
-      raise ValueError(
-          f"Image of shape {image.shape[1:3]} given to a Multiway Transformer configured "
-          f"for {cfg.image_size}x{cfg.image_size}: set multiway.multiway_config."
-          "image_size to the size the task produces.")
+    layers.check_image_size(image, cfg.image_size,
+                            "multiway.multiway_config.image_size (gin)")
     x = self.patch_embedding(image.astype(cfg.dtype))
     batch = x.shape[0]
     x = jnp.reshape(x, (batch, -1, cfg.width))
+    if patch_mask is not None:
+      x = jnp.where(patch_mask[..., None], self.patch_mask_embedding.astype(cfg.dtype), x)
     cls = jnp.broadcast_to(self.image_cls.astype(cfg.dtype), (batch, 1, cfg.width))
     x = jnp.concatenate([cls, x], axis=1)
     x = x + (self.image_pos_embedding + self.type_embedding[0]).astype(cfg.dtype)
@@ -230,8 +234,8 @@ class MultiwayTransformer(nn.Module):
     return self.final_norm(x)
 
   # ------------------------------------------------------------------ modes
-  def encode_image(self, image, deterministic=True):
-    x, mask = self.embed_image(image)
+  def encode_image(self, image, deterministic=True, patch_mask=None):
+    x, mask = self.embed_image(image, patch_mask)
     return self._encode(x, mask, "image", 0, deterministic)
 
   def encode_text(self, tokens, deterministic=True):
@@ -250,6 +254,7 @@ class MultiwayTransformer(nn.Module):
     return self.token_embedding.attend(x)
 
   def __call__(self, image, tokens, deterministic=True):
-    return (self.encode_image(image, deterministic),
+    return (self.encode_image(image, deterministic,
+                              jnp.zeros((image.shape[0], self.config.num_patches), bool)),
             self.encode_text(tokens, deterministic)[0],
             self.encode_pair(image, tokens, deterministic)[0])

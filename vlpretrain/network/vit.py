@@ -76,11 +76,7 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, image, deterministic=True):
     cfg = self.config
-    if image.shape[1] != cfg.image_size or image.shape[2] != cfg.image_size:
-      raise ValueError(
-          f"Image of shape {image.shape[1:3]} given to a ViT configured for "
-          f"{cfg.image_size}x{cfg.image_size}: set the ViT's image_size "
-          "(gin: vit.vit_config.image_size) to the size the task produces.")
+    layers.check_image_size(image, cfg.image_size, "vit.vit_config.image_size (gin)")
     x = image.astype(cfg.dtype)
     if cfg.stem == "conv":
       x = ConvStem(cfg.width, cfg.patch_size, cfg.dtype, name="conv_stem")(x)

@@ -8,6 +8,12 @@
   itm_logits          the fusion encoding's [T_CLS], a tanh pooler, a 2-way classifier;
   mlm_logits          the fusion encoding's text positions, BERT's transform (dense,
                       GELU, LayerNorm), then the tied token embedding plus a bias;
+  text_mlm_logits     the same MLM head on the text-only encoding (the text stage,
+                      sec. 3.4);
+  patch_pixels        the image-only encoding of masked patches, a linear head to the
+                      P x P x 3 pixels of each patch (the image stage's masked image
+                      modelling: pixel regression as MoMo, seed 004, since BEiT's
+                      tokenizer is a downloaded model);
   class_logits        the pooled fusion [T_CLS] through VLMo's classifier head
                       (dense 2D, LayerNorm, GELU, dense) (sec. 3.5; only when
                       `num_classes` is set).
@@ -55,6 +61,8 @@ class VLMo(nn.Module):
     self.mlm_bias = self.param("mlm_bias", layers.partitioned(nn.initializers.zeros,
                                                               ("vocab",)),
                                (cfg.vocab_size,), jnp.float32)
+    patch = cfg.patch_size
+    self.pixel_head = layers.dense(patch * patch * 3, ("embed", None), dtype=cfg.dtype)
     if self.num_classes:
       self.classifier_hidden = layers.dense(2 * cfg.width, ("mlp", "embed"),
                                             dtype=cfg.dtype)
@@ -86,9 +94,22 @@ class VLMo(nn.Module):
   def mlm_logits(self, image, tokens, deterministic=True):
     """(B, L, V) logits at the text token positions (not [T_CLS])."""
     hidden, _ = self.encoder.encode_pair(image, tokens, deterministic)
-    text = hidden[:, self.config.num_patches + 2:]
-    h = self.mlm_norm(nn.gelu(self.mlm_transform(text)))
+    return self._mlm_head(hidden[:, self.config.num_patches + 2:])
+
+  def _mlm_head(self, text_hidden):
+    h = self.mlm_norm(nn.gelu(self.mlm_transform(text_hidden)))
     return self.encoder.attend_token_embedding(h).astype(jnp.float32) + self.mlm_bias
+
+  def text_mlm_logits(self, tokens, deterministic=True):
+    """(B, L, V) logits of the text-only encoding at the token positions."""
+    hidden, _ = self.encoder.encode_text(tokens, deterministic)
+    return self._mlm_head(hidden[:, 1:])
+
+  def patch_pixels(self, image, patch_mask, deterministic=True):
+    """(B, N, P*P*3) predicted pixels of every patch from the image-only encoding with
+    the `patch_mask` (B, N) patches replaced by [MASK]."""
+    hidden = self.encoder.encode_image(image, deterministic, patch_mask)
+    return self.pixel_head(hidden[:, 1:]).astype(jnp.float32)
 
   def class_logits(self, image, tokens, deterministic=True):
     if not self.num_classes:
@@ -103,7 +124,10 @@ class VLMo(nn.Module):
     outputs = [self.image_embedding(image, deterministic),
                self.text_embedding(tokens, deterministic), self.logit_scale(),
                self.itm_logits(image, tokens, deterministic),
-               self.mlm_logits(image, tokens, deterministic)]
+               self.mlm_logits(image, tokens, deterministic),
+               self.patch_pixels(image, jnp.zeros((image.shape[0],
+                                                   self.config.num_patches), bool),
+                                 deterministic)]
     if self.num_classes:
       outputs.append(self.class_logits(image, tokens, deterministic))
     return outputs
