@@ -92,7 +92,7 @@ def test_vlmo_pretrain_retrieval_eval_finetune_and_classification_eval(tmp_path)
               f"--gin.INITIAL_CHECKPOINT_PATH={pretrain}/checkpoints",
               f"--gin.MODEL_DIR={finetune}", "--gin.TRAIN_STEPS=3",
               "--gin.train_script.train.eval_period=3", "--gin.train_script.train.eval_steps=1",
-              *SMALL)
+              "--gin.train_script.train.infer_eval_dataset_cfg=None", *SMALL)
   out = tmp_path / "easy_vqa"
   _vlpretrain("eval", "--gin_file=gin/eval_vlmo_easy_vqa.gin",
               f"--gin.CHECKPOINT_PATH={finetune}/checkpoints",
@@ -125,6 +125,7 @@ def _params(model_dir, step):
   return flax.traverse_util.flatten_dict(state["params"], sep="/")
 
 
+@pytest.mark.slow
 def test_stagewise_pretraining_freezes_attention_and_vision_in_the_text_stage(tmp_path):
   """Seed 002 sec. 3.4 through the three stage gins: the text stage starts from the
   image stage's params, leaves attention, V-FFN and the image side bit-identical and
