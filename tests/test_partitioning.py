@@ -45,11 +45,14 @@ _WORKER = textwrap.dedent(r"""
   import jax, numpy as np, optax
   from vlpretrain import optimizers, partitioning, train, utils
 
-  model_dir, gin_file, opt = sys.argv[1:4]
+  model_dir, gin_file, opt, microbatches = sys.argv[1:4] + [int(sys.argv[4])]
   if gin_file == "toy":
     import toy_model
     task, lengths, model = (toy_model.register_toy_task(),
-                            toy_model.TASK_FEATURE_LENGTHS, toy_model.ToyModel())
+                            toy_model.TASK_FEATURE_LENGTHS,
+                            # Microbatches draw their own dropout masks: none here.
+                            toy_model.ToyModel(dropout_rate=0.1 if microbatches == 1
+                                               else 0.0))
   else:
     import gin
     from vlpretrain import gin_utils
@@ -61,15 +64,16 @@ _WORKER = textwrap.dedent(r"""
     model = macro("MODEL").scoped_configurable_fn()
     task, lengths = macro("MIXTURE_OR_TASK_NAME"), macro("TASK_FEATURE_LENGTHS")
 
-  losses = []
+  losses, logged = [], []
   class Grab(logging.Handler):
     def emit(self, record):
       m = re.search(r"\| loss ([0-9.]+) ", record.getMessage())
       if m: losses.append(float(m.group(1)))
+      if "microbatches of" in record.getMessage(): logged.append(record.getMessage())
   logging.getLogger("absl").addHandler(Grab())
   logging.getLogger("absl").setLevel(logging.INFO)
 
-  def run(name, partitioner):
+  def run(name, partitioner, **kw):
     lr = utils.create_learning_rate_scheduler("constant", 1e-3)
     cfg = utils.DatasetConfig(task, lengths, "train", 8, True, 0)
     _, state = train.train(
@@ -78,7 +82,7 @@ _WORKER = textwrap.dedent(r"""
         optimizer=optimizers.adamw(lr) if opt == "adamw" else optax.sgd(0.1),
         learning_rate_fn=lr,
         checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(
-            period=10, save_dataset=False)))
+            period=10, save_dataset=False)), **kw)
     return state
 
   single = partitioning.PjitPartitioner()
@@ -86,7 +90,7 @@ _WORKER = textwrap.dedent(r"""
                               axis_types=(jax.sharding.AxisType.Auto,) * 2)
   ref = run("single", single)
   sharded_partitioner = partitioning.PjitPartitioner(num_partitions=2)
-  out = run("sharded", sharded_partitioner)
+  out = run("sharded", sharded_partitioner, num_microbatches=microbatches)
   diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
            for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(out))]
   scale = max(float(np.max(np.abs(np.asarray(a)), initial=0.0))
@@ -94,16 +98,17 @@ _WORKER = textwrap.dedent(r"""
   specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out)})
   print("RESULT " + json.dumps({
       "mesh": dict(sharded_partitioner.mesh.shape), "max_diff": max(diffs),
-      "param_scale": scale, "losses": losses, "specs": specs}))
+      "param_scale": scale, "losses": losses, "specs": specs, "logged": logged}))
 """)
 
 
-def _run_worker(tmp_path, gin_file, optimizer):
+def _run_worker(tmp_path, gin_file, optimizer, microbatches=1):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(script), str(tmp_path), gin_file, optimizer],
+  proc = subprocess.run([sys.executable, str(script), str(tmp_path), gin_file, optimizer,
+                         str(microbatches)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-5000:]
@@ -124,6 +129,14 @@ def _check_sharded_equals_single(result):
 def test_sharded_step_equals_single_device_toy(tmp_path):
   """AdamW, so the optimizer state's shardings are exercised too."""
   _check_sharded_equals_single(_run_worker(tmp_path, "toy", "adamw"))
+
+
+def test_sharded_microbatched_step_equals_single_device_one_batch(tmp_path):
+  """Two microbatches of 4 over the 4x2 mesh (each device keeps its rows) give the
+  single-device full-batch update: vlpretrain/microbatching.py."""
+  result = _run_worker(tmp_path, "toy", "adamw", microbatches=2)
+  assert any("2 microbatches of 4" in line for line in result["logged"]), result
+  _check_sharded_equals_single(result)
 
 
 @pytest.mark.slow

@@ -61,9 +61,9 @@ class ToyNet(nn.Module):
 class ToyModel(models.BaseModel):
   FEATURE_CONVERTER_CLS = features.VLEncDecFeatureConverter
 
-  def __init__(self, vocab_size: int = VOCAB):
+  def __init__(self, vocab_size: int = VOCAB, dropout_rate: float = 0.1):
     super().__init__()
-    self.module = ToyNet(vocab_size=vocab_size)
+    self.module = ToyNet(vocab_size=vocab_size, dropout_rate=dropout_rate)
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     zeros = lambda k, d: jnp.zeros(input_shapes[k], d)
@@ -92,6 +92,10 @@ class ToyModel(models.BaseModel):
 
   def loss_fn(self, params, batch, dropout_rng):
     return self.loss_fn_with_example_losses(params, batch, dropout_rng)[:2]
+
+  def loss_denominator(self, batch):
+    """The loss is the mean over the real target tokens."""
+    return jnp.sum(batch["decoder_loss_weights"])
 
   def score_batch(self, params, batch, return_intermediates=False):
     raise NotImplementedError("The toy model does not score.")

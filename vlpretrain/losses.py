@@ -84,3 +84,16 @@ def normalizing_factor_and_weights(
   per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
   weights = jnp.where(per_sequence > 0, weights / jnp.maximum(per_sequence, 1e-30), 0.0)
   return jnp.maximum(jnp.sum(weights), 1e-8), weights
+
+
+def loss_denominator(loss_normalizing_factor: Any,
+                     batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
+  """The count a special factor divides this batch's summed loss by, without the
+  clipping at 1e-8 (zero for a batch of padding), or None for None and numbers: the
+  weight of a microbatch in gradient accumulation (vlpretrain.microbatching)."""
+  name = _factor_name(loss_normalizing_factor)
+  if name is None:
+    return None
+  if name == "NUM_TOTAL_TARGET_TOKENS":
+    return jnp.asarray(np.prod(batch["decoder_target_tokens"].shape), jnp.float32)
+  return jnp.sum(normalizing_factor_and_weights(name, batch)[1])

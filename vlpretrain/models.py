@@ -134,6 +134,19 @@ class BaseModel(abc.ABC):
         "mixtures need for their per-task losses: train it on a Task or a seqio "
         "Mixture instead.")
 
+  def loss_denominator(self, batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
+    """What `loss_fn`'s loss is divided by on this batch, for gradient accumulation.
+
+    vlpretrain's, optional: the trainer's `num_microbatches` weights microbatch m by
+    d_m / sum(d) so the accumulated gradient is the full batch's (microbatching.py).
+    Return the batch-dependent count the loss is a mean over, or None when the loss is
+    a sum over examples (or divided by a constant). A loss that is not a sum over
+    examples over a denominator cannot be accumulated: leave this unimplemented.
+    """
+    raise errors.ConfigError(
+        f"{type(self).__name__} does not define loss_denominator, so its loss cannot "
+        "be accumulated over microbatches: unset train_script.train.num_microbatches.")
+
   def eval_fn(self, params, batch: Mapping[str, jnp.ndarray]
               ) -> Tuple[jnp.ndarray, MetricsMap]:
     """The loss and metrics without dropout (t5x's default eval_fn)."""
@@ -277,6 +290,11 @@ class VLEncoderDecoderModel(BaseModel):
   def loss_fn(self, params, batch, dropout_rng):
     loss, metrics, _ = self.loss_fn_with_example_losses(params, batch, dropout_rng)
     return loss, metrics
+
+  def loss_denominator(self, batch):
+    """The special `loss_normalizing_factor`'s count on this batch (unclipped), None
+    for a sum or a fixed number."""
+    return losses.loss_denominator(self._loss_normalizing_factor, batch)
 
   def _compute_metrics(self, logits, targets, weights, loss, z_loss,
                        example: ExampleLosses) -> MetricsMap:

@@ -40,6 +40,7 @@ from vlpretrain import errors
 from vlpretrain import evaluators
 from vlpretrain import gin_utils
 from vlpretrain import inference
+from vlpretrain import microbatching
 from vlpretrain import models
 from vlpretrain import partitioning
 from vlpretrain import preemption
@@ -221,7 +222,8 @@ def train(*,
           optimizer: Optional[optax.GradientTransformation] = None,
           learning_rate_fn: Optional[Callable[[int], Any]] = None,
           make_sampler: Callable[..., Any] = dynamic_mixture.make_sampler,
-          non_finite_loss: str = "stop"):
+          non_finite_loss: str = "stop",
+          num_microbatches: Optional[int] = None):
   """Trains `model` for `total_steps` steps, resuming from MODEL_DIR if it can.
 
   Args:
@@ -253,6 +255,11 @@ def train(*,
       naming the step; 'skip' leaves params and optimizer state as they were, counts
       it (logged, and `skipped/non_finite_steps` in TensorBoard) and goes on. Either
       way no non-finite state is checkpointed and the dynamic sampler never sees it.
+    num_microbatches: t5x's: accumulate the gradient over this many microbatches of
+      the global batch run one after another (activation memory of one microbatch);
+      the loss, gradient and per-task loss sums are the full batch's (the model's
+      `loss_denominator` weights each microbatch; see vlpretrain/microbatching.py).
+      None or 1: one pass over the batch.
 
   Returns:
     (final step, final train state dict with 'step', 'params', 'opt_state', and
@@ -320,6 +327,11 @@ def train(*,
                jax.device_count(), jax.process_count())
   global_batch_size = train_dataset_cfg.batch_size
   partitioner.check_batch_size(global_batch_size)
+  num_microbatches = microbatching.check(num_microbatches, global_batch_size,
+                                         partitioner.data_axis_size)
+  if num_microbatches > 1:
+    logging.info("Gradient accumulation: %d microbatches of %d examples per step.",
+                 num_microbatches, global_batch_size // num_microbatches)
 
   # ---------------------------------------------------------------------------
   # Checkpoints to resume from. Looked at before building the input pipeline, because
@@ -394,6 +406,10 @@ def train(*,
   input_shapes = {k: (init_batch,) + tuple(example_spec[k].shape) for k in init_features}
   input_types = {k: example_spec[k].dtype.as_numpy_dtype for k in init_features}
   init_rng, dropout_key = jax.random.split(jax.random.PRNGKey(random_seed))
+  if num_microbatches > 1:  # The model says how its loss combines, or refuses now.
+    jax.eval_shape(model.loss_denominator,
+                   {k: jax.ShapeDtypeStruct(input_shapes[k], input_types[k])
+                    for k in init_features})
 
   def init_params(rng):
     return model.get_initial_variables(rng, input_shapes, input_types)["params"]
@@ -525,9 +541,12 @@ def train(*,
     seg = lambda x: jax.ops.segment_sum(x, batch["task_id"], len(task_names))
     return loss, (metrics, (seg(example.loss_sum), seg(example.weight)), mutables)
 
+  grad_fn = microbatching.value_and_grad(
+      loss_and_aux, model.loss_denominator, num_microbatches,
+      lambda mb: jax.lax.with_sharding_constraint(mb, partitioner.batch_sharding()))
+
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(dropout_key, state["step"])
-    grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
     (loss, (metrics, task_losses, mutables)), grads = grad_fn(
         state["params"], batch, dropout_rng, state.get("flax_mutables"))
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])

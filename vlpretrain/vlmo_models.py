@@ -342,6 +342,15 @@ class VLMoModel(_VLMoBase):
     return (jnp.argmax(logits, -1)[:, None].astype(jnp.int32),
             {"scores": jnp.max(log_probs, -1)})
 
+  def loss_denominator(self, batch):
+    raise errors.ConfigError(
+        "VLMoModel cannot accumulate gradients over microbatches: ITC's negatives and "
+        "ITM's hard negatives are the whole global batch (seed 002 Table 6) and the "
+        "masked losses are means over a random number of masked tokens, so "
+        "microbatches would train a different loss. Unset "
+        "train_script.train.num_microbatches; to fit memory use more devices or "
+        "bfloat16 activations.")
+
 
 class VLMoClassifierModel(_VLMoBase):
   """Fusion-encoder classification (sec. 3.5); see the module docstring.
@@ -394,6 +403,10 @@ class VLMoClassifierModel(_VLMoBase):
     }
     return loss, metrics, models.ExampleLosses(loss_sum=ce,
                                                weight=known.astype(jnp.float32))
+
+  def loss_denominator(self, batch):
+    """The examples with a known label (the loss is their mean)."""
+    return jnp.sum(batch["labels"] >= 0)
 
   def export_functions(self, task_feature_lengths) -> dict:
     """'classify': (image, text tokens) -> the arg-max label id (B,)."""
