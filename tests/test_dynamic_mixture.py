@@ -3,6 +3,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -270,6 +271,20 @@ def test_sampling_weights_logged(clean_gin, tmp_path):
   out = plot_sampling.plot(str(tmp_path), str(tmp_path / "weights.png"))
   assert PIL.Image.open(out).size == (1000, 550)
   assert plot_sampling.main([str(tmp_path / "missing")]) == 2
+
+
+def test_resumed_run_rewinds_the_sampling_log(clean_gin, tmp_path):
+  """Steps 3-4 were logged but their checkpoint never landed (a crash): the resumed
+  run starts from step 2 and each step appears once, with the resumed run's values."""
+  _train(tmp_path / "full", 6)
+  _train(tmp_path, 4, period=2)
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  with open(tmp_path / "sampling.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 5, "wei')  # And a line the crash cut off.
+  _train(tmp_path, 6, period=2)
+  read = lambda d: [json.loads(l) for l in (d / "sampling.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in read(tmp_path)] == [1, 2, 3, 4, 5, 6]
+  assert read(tmp_path) == read(tmp_path / "full")
 
 
 class _KnownLossModel(toy_model.ToyModel):

@@ -619,7 +619,8 @@ def train(*,
   eval_writer = metric_writers.AsyncMultiWriter(
       [metric_writers.SummaryWriter(os.path.join(model_dir, "training_eval"))]
       if is_primary and train_eval_dataset_cfg else [])
-  sampling_log = (open(os.path.join(model_dir, "sampling.jsonl"), "a")  # pylint: disable=consider-using-with
+  sampling_log = (_open_sampling_log(os.path.join(model_dir, "sampling.jsonl"),
+                                     start_step)
                   if is_primary and batches is not None else None)
   if is_primary and gin.config_str():  # The operative config, as t5x shows it.
     writer.write_texts(start_step, {"config": gin.markdown(gin.config_str())})
@@ -786,6 +787,29 @@ def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg, save_d
     items["sampler"] = ocp.args.JsonSave(batches.state_dict())
   manager.save(step, args=ocp.args.Composite(**items), force=True)
   logging.info("Saved checkpoint for step %d.", step)
+
+
+def _open_sampling_log(path: str, start_step: int):
+  """sampling.jsonl for appending, rewound to `start_step`: the lines of steps after
+  the checkpoint a run resumes from (logged before a crash, and about to be trained
+  again) are dropped, so every step appears once. The rewrite is atomic (a rename)."""
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= start_step:
+          kept.append(line)
+      except (ValueError, KeyError, TypeError):  # A line cut off by a crash.
+        pass
+    if len(kept) != len(lines):
+      logging.info("sampling.jsonl: dropped %d lines after step %d (the resumed run "
+                   "logs those steps again).", len(lines) - len(kept), start_step)
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+  return open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
 
 
 def _sampling_summary(step, batches, task_names, summary, sampling_log):
