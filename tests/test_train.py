@@ -1,5 +1,6 @@
 """Trainer tests: exact resumption, LR schedule, optimizer mask, gin flag rewriting."""
 import logging
+import os
 
 import flax.linen as nn
 import jax
@@ -331,6 +332,36 @@ def test_warm_start_assignment_map_leaves_matched_params_fresh(clean_gin, toy_ta
   with pytest.raises(ValueError, match=r"assignment_map.*\['decoder/.\*'\] match no param"):
     _train(tmp_path / "typo", 0, toy_task, restore_path=ckpt,
            assignment_map=(("decoder/.*", None),))
+
+
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_one(
+    clean_gin, toy_task, tmp_path, caplog, monkeypatch):
+  """Writing checkpoint 4 fails (a full disk, injected into the input-state item):
+  the run stops with one message naming the directory, the cause and the intact
+  checkpoint; "Saved" was logged for 2 only; the same command then resumes from 2 and
+  ends where an uninterrupted run ends."""
+  original = train_lib.DatasetIteratorHandler.save
+
+  def full_disk_at_step_4(self, directory, args):
+    if os.path.basename(os.path.dirname(os.fspath(directory))).split(".")[0] == "4":
+      raise OSError(28, "No space left on device")
+    return original(self, directory, args)
+
+  monkeypatch.setattr(train_lib.DatasetIteratorHandler, "save", full_disk_at_step_4)
+  with caplog.at_level(logging.INFO), pytest.raises(train_lib.CheckpointWriteError) as e:
+    _train(tmp_path / "run", 6, toy_task, period=2)
+  ckpt_dir = tmp_path / "run" / "checkpoints"
+  assert f"Writing checkpoint 4 to {ckpt_dir} failed" in str(e.value)
+  assert "No space left on device" in str(e.value)
+  assert "checkpoint 2 is intact" in str(e.value)
+  assert "Saved checkpoint for step 2." in caplog.text
+  assert "Saved checkpoint for step 4." not in caplog.text
+  assert checkpoints.checkpoint_steps(str(ckpt_dir)) == [2]
+  monkeypatch.setattr(train_lib.DatasetIteratorHandler, "save", original)
+  step, resumed = _train(tmp_path / "run", 6, toy_task, period=2)
+  _, full = _train(tmp_path / "full", 6, toy_task, period=2)
+  assert step == 6
+  _assert_same_params(resumed["params"], full["params"])
 
 
 def test_checkpoint_steps_saves_at_those_steps_too(clean_gin, toy_task, tmp_path):

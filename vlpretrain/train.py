@@ -643,7 +643,7 @@ def train(*,
                         len(skipped_steps))
 
   with partitioner.activate(), preemption.StopRequests() as stop_requests:
-    last_saved = resume_step
+    last_saved, saves = resume_step, _CommittedSaves(manager)
     pending, prev = [], None  # Metrics since the last log line; the previous step's.
     batch_seconds = 0.0  # Training thread's time getting batches since the last log.
     t_log, step_log = time.time(), start_step
@@ -708,17 +708,22 @@ def train(*,
       if ((save_cfg.period and step % save_cfg.period == 0) or step == total_steps
           or step in extra_save_steps):
         check_finite(prev)  # Never checkpoint a non-finite state.
+        saves.poll(wait=True)  # (orbax would wait for it anyway.)
         _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
                          save_dataset)
+        saves.started(step)
         last_saved = step
       stopped_by = stop_requests.requested() if step < total_steps else None
       if stopped_by:  # A preemption notice or Ctrl-C: keep this step, then stop.
         check_finite(prev)  # Never checkpoint a non-finite state.
         if last_saved != step:
+          saves.poll(wait=True)
           _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
                            save_dataset)
+          saves.started(step)
           last_saved = step
         break
+      saves.poll()
       if batches is not None and step < total_steps:
         batches.prefetch()  # Batch step+1, composed while this step runs.
 
@@ -726,8 +731,11 @@ def train(*,
   # Finish: a checkpoint of the final step exists and everything is flushed.
   # ---------------------------------------------------------------------------
   if last_saved != step:  # Only when no step ran and MODEL_DIR had no checkpoint.
+    saves.poll(wait=True)
     _save_checkpoint(manager, step, state, train_iter, batches, save_cfg,
-                         save_dataset)
+                     save_dataset)
+    saves.started(step)
+  saves.poll(wait=True)
   manager.wait_until_finished()
   manager.close()
   writer.close()
@@ -785,8 +793,48 @@ def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg, save_d
     items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
   if batches is not None:
     items["sampler"] = ocp.args.JsonSave(batches.state_dict())
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
-  logging.info("Saved checkpoint for step %d.", step)
+  try:
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise CheckpointWriteError(_write_failure(manager, step, e)) from e
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written; the previous one is intact."""
+
+
+def _write_failure(manager, step, error) -> str:
+  previous = [s for s in manager.all_steps() if s < step]
+  kept = (f"checkpoint {max(previous)} is intact and the same command resumes from it"
+          if previous else "no earlier checkpoint exists")
+  return (f"Writing checkpoint {step} to {manager.directory} failed: "
+          f"{type(error).__name__}: {errors.first_line(error)}. Training stopped; "
+          f"{kept}. Free disk space or fix the directory's permissions first.")
+
+
+class _CommittedSaves:
+  """Logs "Saved checkpoint for step N" once orbax has committed it (its writes run in
+  the background), and stops the run with `CheckpointWriteError`, naming the directory
+  and the cause, when a background write failed. Orbax only renames a finished
+  checkpoint into place, so a failed one is never restored from."""
+
+  def __init__(self, manager):
+    self.manager, self.pending = manager, None
+
+  def started(self, step):
+    self.pending = step
+
+  def poll(self, wait=False):
+    if self.pending is None or (not wait and self.manager.is_saving_in_progress()):
+      return
+    step, self.pending = self.pending, None
+    try:
+      if wait:
+        self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise CheckpointWriteError(_write_failure(self.manager, step, e)) from e
+    logging.info("Saved checkpoint for step %d.", step)
 
 
 def _open_sampling_log(path: str, start_step: int):
