@@ -1,6 +1,8 @@
 """Trainer tests: exact resumption, LR schedule, optimizer mask, gin flag rewriting."""
 import logging
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -14,6 +16,7 @@ import tensorflow as tf
 
 import toy_model
 from vlpretrain import checkpoints
+from vlpretrain import errors
 from vlpretrain import gin_utils
 from vlpretrain import optimizers
 from vlpretrain import partitioning
@@ -362,6 +365,28 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_one(
   _, full = _train(tmp_path / "full", 6, toy_task, period=2)
   assert step == 6
   _assert_same_params(resumed["params"], full["params"])
+
+
+def test_a_second_run_in_the_same_model_dir_is_refused(clean_gin, toy_task, tmp_path):
+  """Another process holds MODEL_DIR's lock: this run stops with a message naming it
+  and writes nothing; once the holder is SIGKILLed the same command resumes."""
+  run = tmp_path / "run"
+  _train(run, 2, toy_task)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from vlpretrain import run_lock; "
+       "run_lock.acquire(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+       str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  try:
+    assert holder.stdout.readline().strip() == b"locked"
+    with pytest.raises(errors.ConfigError,
+                       match=rf"in use by another training run .*\"pid\": {holder.pid}"):
+      _train(run, 4, toy_task)
+    assert checkpoints.checkpoint_steps(str(run / "checkpoints")) == [2]
+  finally:
+    holder.kill()
+    holder.wait()
+  step, _ = _train(run, 4, toy_task)
+  assert step == 4
 
 
 def test_checkpoint_steps_saves_at_those_steps_too(clean_gin, toy_task, tmp_path):

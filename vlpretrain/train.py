@@ -44,6 +44,7 @@ from vlpretrain import microbatching
 from vlpretrain import models
 from vlpretrain import partitioning
 from vlpretrain import preemption
+from vlpretrain import run_lock
 from vlpretrain import utils
 from vlpretrain.data import bad_data
 
@@ -339,6 +340,8 @@ def train(*,
   # Nothing is written to MODEL_DIR until the data and the model are known to build.
   # ---------------------------------------------------------------------------
   ckpt_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
+  # A run resuming in a local MODEL_DIR locks it before reading its checkpoints.
+  lock = run_lock.acquire(model_dir) if is_primary and os.path.isdir(ckpt_dir) else None
   manager = resume_step = None
   if tf.io.gfile.isdir(ckpt_dir):
     manager = _checkpoint_manager(ckpt_dir, save_cfg)
@@ -516,6 +519,8 @@ def train(*,
   # The data, the model and the state build: now MODEL_DIR is written.
   if is_primary:
     utils.make_output_dir(model_dir, "MODEL_DIR")
+    if lock is None:  # Refuses a second run in this MODEL_DIR.
+      lock = run_lock.acquire(model_dir)
     if gin.config_str():
       gin_utils.write_config(model_dir)
   if manager is None:
@@ -746,6 +751,7 @@ def train(*,
     batches.close()
   if sampling_log is not None:
     sampling_log.close()
+  run_lock.release(lock)
   logging.info(
       "%s: steps %d-%d of %d in %s%s; checkpoints in %s (latest %d).%s",
       f"Stopped by {stopped_by}" if stopped_by else "Done", start_step,
