@@ -389,6 +389,28 @@ def test_a_second_run_in_the_same_model_dir_is_refused(clean_gin, toy_task, tmp_
   assert step == 4
 
 
+def test_a_latest_checkpoint_that_does_not_load_is_reported_and_the_previous_used(
+    clean_gin, toy_task, tmp_path, caplog):
+  """Checkpoint 4's array files are truncated after it was committed: the resumed run
+  says so, moves it aside, resumes from 2 and ends where an uninterrupted run ends."""
+  run = tmp_path / "run"
+  _train(run, 4, toy_task, period=2)
+  damaged = [f for f in (run / "checkpoints" / "4" / "state").rglob("*")
+             if f.is_file() and f.stat().st_size > 0 and "d" in f.parent.name]
+  assert damaged
+  for f in damaged:
+    f.write_bytes(b"")
+  with caplog.at_level(logging.INFO):
+    step, resumed = _train(run, 6, toy_task, period=2)
+  assert step == 6
+  assert "Checkpoint 4 in" in caplog.text and "does not load" in caplog.text
+  assert "Resuming from checkpoint at step 4" in caplog.text  # What it found first.
+  assert (run / "checkpoints" / "4.unreadable").is_dir()
+  assert checkpoints.checkpoint_steps(str(run / "checkpoints")) == [4, 6]
+  _, full = _train(tmp_path / "full", 6, toy_task, period=2)
+  _assert_same_params(resumed["params"], full["params"])
+
+
 def test_checkpoint_steps_saves_at_those_steps_too(clean_gin, toy_task, tmp_path):
   """SaveCheckpointConfig.checkpoint_steps (t5x's): saves besides every `period`."""
   _train(tmp_path / "run", 4, toy_task, period=100, save_kw={"checkpoint_steps": [1, 3]})

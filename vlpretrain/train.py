@@ -477,7 +477,8 @@ def train(*,
       items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
     elif not resume_data:
       logging.warning("restore_dataset=False: the data restarts from the beginning.")
-    restored = manager.restore(resume_step, args=ocp.args.Composite(**items))
+    resume_step, restored = _restore_latest_loadable(manager, resume_step, items,
+                                                     has_data_state, is_primary)
     state = restored["state"]
     if "sampler" in items:
       batches.load_state_dict(restored["sampler"])
@@ -777,6 +778,37 @@ def _compile(what: str, jitted, *args):
   compiled = jitted.lower(*args).compile()
   logging.info("Compiled the %s in %.1f s.", what, time.perf_counter() - start)
   return compiled
+
+
+def _restore_latest_loadable(manager, latest, items, has_data_state, is_primary):
+  """(step, restored items) of the newest checkpoint up to `latest` that loads.
+
+  A checkpoint that raises on restore (files damaged or deleted after orbax committed
+  it) is reported, moved aside to `<step>.unreadable` (kept for inspection; orbax
+  ignores it, so a later save of that step does not collide) and the previous one is
+  tried. One whose input-position item differs from `latest`'s is passed over: the
+  input pipeline was built for that kind. None loads: an error saying what to move.
+  """
+  for step in sorted((s for s in manager.all_steps() if s <= latest), reverse=True):
+    if (manager.directory / str(step) / "dataset").exists() != has_data_state:
+      logging.warning("Checkpoint %d has %s input-pipeline state than checkpoint %d: "
+                      "passed over.", step, "no" if has_data_state else "more", latest)
+      continue
+    try:
+      return step, manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      aside = manager.directory / f"{step}.unreadable"
+      if aside.exists():
+        aside = manager.directory / f"{step}.unreadable.{int(time.time())}"
+      logging.warning("Checkpoint %d in %s does not load (%s: %s); it is moved to %s "
+                      "and the previous checkpoint is used.", step, manager.directory,
+                      type(e).__name__, errors.first_line(e), aside)
+      if is_primary:
+        os.replace(manager.directory / str(step), aside)
+      manager.reload()
+  raise errors.MissingPathError(
+      f"No checkpoint in {manager.directory} loads (see the warnings above). Move the "
+      "directory away to train from scratch, or restore it from a backup.")
 
 
 def _checkpoint_manager(ckpt_dir: str, save_cfg) -> ocp.CheckpointManager:
