@@ -25,6 +25,13 @@ def test_standard_rules_map_names():
   assert to_mesh("embed", "joined_kv") == (None, "model")
   assert to_mesh("latents", "embed") == (None, None)
   assert to_mesh("image_embed", "embed") == (None, None)
+  fsdp = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
+  to_mesh = lambda *names: tuple(nn.logical_to_mesh_axes(names, fsdp))
+  assert to_mesh("embed", "mlp") == ("data", "model")      # A param: over both axes.
+  assert to_mesh("vocab", "embed") == ("model", "data")
+  assert to_mesh("batch", "length", "embed") == ("data", None, None)  # Activations.
+  with pytest.raises(ValueError, match="parameter_partitioning_dims=3"):
+    partitioning.standard_logical_axis_rules(parameter_partitioning_dims=3)
 
 
 def test_partitioner_single_device_and_errors():
@@ -45,7 +52,8 @@ _WORKER = textwrap.dedent(r"""
   import jax, numpy as np, optax
   from vlpretrain import optimizers, partitioning, train, utils
 
-  model_dir, gin_file, opt, microbatches = sys.argv[1:4] + [int(sys.argv[4])]
+  model_dir, gin_file, opt, microbatches, layout = sys.argv[1:4] + [int(sys.argv[4]),
+                                                                   sys.argv[5]]
   if gin_file == "toy":
     import toy_model
     task, lengths, model = (toy_model.register_toy_task(),
@@ -89,36 +97,49 @@ _WORKER = textwrap.dedent(r"""
   single.mesh = jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1],
                               axis_types=(jax.sharding.AxisType.Auto,) * 2)
   ref = run("single", single)
-  sharded_partitioner = partitioning.PjitPartitioner(num_partitions=2)
+  if layout == "fsdp":  # 8-way data parallel, params and Adam moments over 'data'.
+    sharded_partitioner = partitioning.PjitPartitioner(
+        num_partitions=1, logical_axis_rules=partitioning.standard_logical_axis_rules(
+            parameter_partitioning_dims=2))
+  else:
+    sharded_partitioner = partitioning.PjitPartitioner(num_partitions=2)
   out = run("sharded", sharded_partitioner, num_microbatches=microbatches)
   diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
            for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(out))]
   scale = max(float(np.max(np.abs(np.asarray(a)), initial=0.0))
               for a in jax.tree.leaves(ref["params"]))
   specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out)})
+  params = jax.tree.leaves(out["params"])
+  replicated = [x for x in params if all(a is None for a in x.sharding.spec)]
+  param_bytes = {"total": sum(x.nbytes for x in params),
+                 "replicated": sum(x.nbytes for x in replicated),
+                 "device0": sum(x.addressable_shards[0].data.nbytes for x in params)}
+  adam_specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out["opt_state"])
+                       if x.ndim >= 1})
   print("RESULT " + json.dumps({
       "mesh": dict(sharded_partitioner.mesh.shape), "max_diff": max(diffs),
-      "param_scale": scale, "losses": losses, "specs": specs, "logged": logged}))
+      "param_scale": scale, "losses": losses, "specs": specs, "logged": logged,
+      "param_bytes": param_bytes, "adam_specs": adam_specs}))
 """)
 
 
-def _run_worker(tmp_path, gin_file, optimizer, microbatches=1):
+def _run_worker(tmp_path, gin_file, optimizer, microbatches=1, layout="tp"):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, str(script), str(tmp_path), gin_file, optimizer,
-                         str(microbatches)],
+                         str(microbatches), layout],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-5000:]
   return json.loads(lines[-1][len("RESULT "):])
 
 
-def _check_sharded_equals_single(result):
-  assert result["mesh"] == {"data": 4, "model": 2}
-  # Some params (and their Adam moments) really are split over 'model'.
-  assert any("'model'" in s for s in result["specs"]), result["specs"]
+def _check_sharded_equals_single(result, mesh=None):
+  assert result["mesh"] == (mesh or {"data": 4, "model": 2})
+  if mesh is None:  # Some params (and their Adam moments) really are split over 'model'.
+    assert any("'model'" in s for s in result["specs"]), result["specs"]
   single_losses, sharded_losses = result["losses"][:2], result["losses"][2:]
   assert len(sharded_losses) == 2
   assert sharded_losses == pytest.approx(single_losses, abs=2e-4)
@@ -129,6 +150,18 @@ def _check_sharded_equals_single(result):
 def test_sharded_step_equals_single_device_toy(tmp_path):
   """AdamW, so the optimizer state's shardings are exercised too."""
   _check_sharded_equals_single(_run_worker(tmp_path, "toy", "adamw"))
+
+
+def test_fsdp_step_equals_single_device_and_each_device_holds_an_eighth(tmp_path):
+  """parameter_partitioning_dims=2 (t5x's FSDP) over 8 devices: every param with an
+  'embed' axis, and its Adam moments, is split 8 ways ('data'); only the others (the
+  toy's scalar gate) are replicated; the update equals the single-device one."""
+  result = _run_worker(tmp_path, "toy", "adamw", layout="fsdp")
+  _check_sharded_equals_single(result, mesh={"data": 8, "model": 1})
+  b = result["param_bytes"]
+  assert b["replicated"] == 4  # The float32 gate.
+  assert b["device0"] == (b["total"] - b["replicated"]) // 8 + b["replicated"], b
+  assert any("'data'" in s for s in result["adam_specs"]), result["adam_specs"]
 
 
 def test_sharded_microbatched_step_equals_single_device_one_batch(tmp_path):
@@ -147,3 +180,14 @@ def test_sharded_step_equals_single_device_jar_tiny(tmp_path):
   gradients (different reduction order when sharded) into visible parameter changes.
   """
   _check_sharded_equals_single(_run_worker(tmp_path, "gin/jar_tiny.gin", "sgd"))
+
+
+@pytest.mark.slow
+def test_fsdp_step_equals_single_device_jar_tiny(tmp_path):
+  """gin/jar_tiny.gin under FSDP over 8 devices (plain SGD, as above): the update equals
+  the single-device one and a device holds under a seventh of the param bytes (the
+  params without an 'embed' axis, about 1%, stay replicated)."""
+  result = _run_worker(tmp_path, "gin/jar_tiny.gin", "sgd", layout="fsdp")
+  _check_sharded_equals_single(result, mesh={"data": 8, "model": 1})
+  b = result["param_bytes"]
+  assert b["replicated"] < 0.02 * b["total"] and b["device0"] < b["total"] / 7, b

@@ -3,7 +3,8 @@
 Parameters and activations name their axes logically (`batch`, `embed`, `mlp`, ...); the
 rules below map those names onto the two mesh axes `('data', 'model')`. Data parallelism
 shards the batch over `data`; `num_partitions > 1` shards the wide dimensions (vocab,
-mlp, heads) over `model`.
+mlp, heads) over `model`; `parameter_partitioning_dims=2` also shards the params' and
+optimizer state's `embed` dimension over `data` (FSDP).
 
     partitioner = PjitPartitioner(num_partitions=2)
     variables = jax.eval_shape(init_fn)
@@ -31,14 +32,29 @@ DATA_AXIS, MODEL_AXIS = "data", "model"
 
 
 @gin.configurable
-def standard_logical_axis_rules() -> LogicalAxisRules:
-  """Logical axis name -> mesh axis. Names not listed here are replicated (None)."""
+def standard_logical_axis_rules(parameter_partitioning_dims: int = 1) -> LogicalAxisRules:
+  """Logical axis name -> mesh axis. Names not listed here are replicated (None).
+
+  `parameter_partitioning_dims` is t5x's: 1 shards params over 'model' only; 2 also
+  shards every param's 'embed' dimension over 'data' (fully sharded data parallelism,
+  ZeRO-3: params and optimizer state split over the data-parallel devices and gathered
+  by XLA where a layer needs them). Activations keep 'batch' on 'data': flax gives a
+  mesh axis to the first of a tensor's dimensions that claims it, so an activation's
+  'embed' falls through to the replicated rule.
+  """
+  if parameter_partitioning_dims not in (1, 2):
+    raise errors.ConfigError(
+        f"standard_logical_axis_rules.parameter_partitioning_dims="
+        f"{parameter_partitioning_dims}: use 1 (model parallel only) or 2 (also shard "
+        "params over 'data', FSDP).")
+  fsdp = ((("embed", DATA_AXIS),) if parameter_partitioning_dims == 2 else ())
   return (
       ("batch", DATA_AXIS),
       ("vocab", MODEL_AXIS),
       ("mlp", MODEL_AXIS),
       ("heads", MODEL_AXIS),
       ("joined_kv", MODEL_AXIS),
+      *fsdp,
       # Replicated: the model dimension, sequence axes and the small ViT/JAR axes.
       ("embed", None),
       ("kv", None),
