@@ -14,6 +14,7 @@ optimizer state's `embed` dimension over `data` (FSDP).
 """
 import contextlib
 import math
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
@@ -75,11 +76,21 @@ def standard_logical_axis_rules(parameter_partitioning_dims: int = 1) -> Logical
 def initialize_distributed() -> None:
   """`jax.distributed.initialize()` for a multi-process (multi-host) run.
 
-  Call it before anything touches the devices. On Cloud TPU and SLURM jax finds the
-  coordinator by itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID. Each process then reads its own input shard (`get_data_shard_info`).
+  Call it before anything touches the devices. On Cloud TPU, SLURM and Open MPI jax
+  finds the coordinator by itself; elsewhere set JAX_COORDINATOR_ADDRESS (host:port of
+  process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process (jax reads only the
+  first; vlpretrain passes the other two); on CPUs jax's collectives are gloo's.
+  Each process then reads its own input shard (`get_data_shard_info`).
   """
-  jax.distributed.initialize()
+  kwargs = {}
+  for name, key in (("JAX_NUM_PROCESSES", "num_processes"),
+                    ("JAX_PROCESS_ID", "process_id")):
+    if os.environ.get(name):
+      try:
+        kwargs[key] = int(os.environ[name])
+      except ValueError:
+        raise errors.ConfigError(f"{name}={os.environ[name]!r} is not an integer.") from None
+  jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed initialised: process %d of %d, %d devices in all.",
                jax.process_index(), jax.process_count(), jax.device_count())
 
