@@ -7,9 +7,11 @@ import textwrap
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import optax
 import pytest
 
-from vlpretrain import partitioning
+from vlpretrain import optimizers, partitioning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,6 +147,37 @@ def _check_sharded_equals_single(result, mesh=None):
   assert sharded_losses == pytest.approx(single_losses, abs=2e-4)
   assert single_losses[0] != single_losses[1]  # The first step changed the params.
   assert result["max_diff"] < 1e-5, result
+
+
+def test_optimizer_state_shardings_follow_the_optimizer_init():
+  """Each params-shaped copy in the optax state gets its param's sharding, whatever the
+  chain (clipped AdamW with a decay mask and frozen params, Adafactor); the rest is
+  replicated, and the shardings fit `jit(optimizer.init)`'s output tree."""
+  partitioner = partitioning.PjitPartitioner()
+  spec = lambda *names: jax.sharding.NamedSharding(partitioner.mesh,
+                                                   jax.sharding.PartitionSpec(*names))
+  params = {"enc": {"kernel": jnp.ones((4, 6))}, "frozen": {"kernel": jnp.ones((6, 8))},
+            "bias": jnp.ones((6,))}
+  shardings = {"enc": {"kernel": spec("data", None)},
+               "frozen": {"kernel": spec(None, "model")}, "bias": spec("model")}
+  abstract = jax.eval_shape(lambda: params)
+  want = {"mu/enc/kernel": ("data", None), "nu/enc/kernel": ("data", None),
+          "mu/bias": ("model",), "nu/bias": ("model",), "count": ()}
+  got = {}
+  for name, optimizer in [("adamw", optimizers.adamw(1e-3, frozen_pattern="frozen/.*")),
+                          ("adafactor", optax.adafactor(1e-3))]:
+    state = jax.eval_shape(optimizer.init, abstract)
+    out = partitioner.optimizer_state_shardings(optimizer, state, abstract, shardings)
+    assert jax.tree.structure(out) == jax.tree.structure(state)
+    jax.jit(optimizer.init, out_shardings=out)(params)  # The tree jit expects.
+    got[name] = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path
+                          if not isinstance(k, jax.tree_util.SequenceKey)): tuple(s.spec)
+                 for path, s in jax.tree_util.tree_flatten_with_path(out)[0]}
+  adamw_got = {k.split("inner_state/")[-1]: v for k, v in got["adamw"].items()}
+  assert adamw_got == want  # The frozen kernel has no Adam slots.
+  assert got["adafactor"]["v/frozen/kernel"] == (None, "model")
+  assert got["adafactor"]["v_row/frozen/kernel"] == ()  # Factored: not the param's shape.
+  assert got["adafactor"]["v/bias"] == ("model",)
 
 
 def test_sharded_step_equals_single_device_toy(tmp_path):

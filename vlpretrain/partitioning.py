@@ -24,6 +24,7 @@ from flax.linen import partitioning as flax_partitioning
 import gin
 import jax
 import numpy as np
+import optax
 import seqio
 
 from vlpretrain import errors
@@ -179,28 +180,23 @@ class PjitPartitioner:
     shardings = nn.logical_to_mesh_sharding(logical, self.mesh, self.logical_axis_rules)
     return flax.traverse_util.unflatten_dict(shardings)
 
-  def optimizer_state_shardings(self, abstract_opt_state: Any, abstract_params: Any,
+  def optimizer_state_shardings(self, optimizer: optax.GradientTransformation,
+                                abstract_opt_state: Any, abstract_params: Any,
                                 param_shardings: Any) -> Any:
-    """Shards optimizer-state leaves like the param they mirror; replicates the rest.
+    """Shardings for the optimizer state: each copy of the params tree inside it (Adam's
+    `mu` and `nu`, Adafactor's unfactored `v`, ...) sharded like the params, found from
+    `optimizer.init` by `optax.tree_map_params`; everything else (counters, Adafactor's
+    factored row and column statistics, whose shapes are not the param's) replicated.
+    Frozen params' empty slots (`optax.MaskedNode`) stay as they are."""
+    def like_param(leaf, param, sharding):
+      if isinstance(leaf, optax.MaskedNode):
+        return leaf
+      return sharding if getattr(leaf, "shape", None) == param.shape else self.replicated
 
-    Adam's `mu`/`nu` are copies of the params tree inside the optax state, so a state
-    leaf whose key path ends with a param's key path (and has its shape) gets that
-    param's sharding. Counters and other leaves are replicated. This works for any optax
-    chain, masked or not, without re-running its `init`.
-    """
-    by_path = {}
-    flat_params, _ = jax.tree_util.tree_flatten_with_path(abstract_params)
-    for (path, leaf), sharding in zip(flat_params, jax.tree.leaves(param_shardings)):
-      by_path[tuple(path)] = (leaf.shape, sharding)
-
-    def pick(path, leaf):
-      for start in range(len(path)):
-        hit = by_path.get(tuple(path[start:]))
-        if hit is not None and hit[0] == getattr(leaf, "shape", None):
-          return hit[1]
-      return self.replicated
-
-    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+    return optax.tree_map_params(
+        optimizer, like_param, abstract_opt_state, abstract_params, param_shardings,
+        transform_non_params=lambda _: self.replicated,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
   def shard_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """This host's batch slice (numpy) -> global `jax.Array`s sharded over 'data'."""

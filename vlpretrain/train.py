@@ -41,10 +41,11 @@ from vlpretrain import evaluators
 from vlpretrain import gin_utils
 from vlpretrain import inference
 from vlpretrain import microbatching
-from vlpretrain import models
+from vlpretrain import models  # noqa: F401  (gin: @models.*)
 from vlpretrain import partitioning
 from vlpretrain import preemption
 from vlpretrain import run_lock
+from vlpretrain import train_step as train_step_lib
 from vlpretrain import utils
 from vlpretrain.data import bad_data
 
@@ -418,7 +419,8 @@ def train(*,
     return model.get_initial_variables(rng, input_shapes, input_types)["params"]
 
   def init_mutables(rng):
-    return flax_mutables_of(model.get_initial_variables(rng, input_shapes, input_types))
+    return train_step_lib.flax_mutables_of(
+        model.get_initial_variables(rng, input_shapes, input_types))
 
   def init_state(rng):
     variables = model.get_initial_variables(rng, input_shapes, input_types)
@@ -426,37 +428,16 @@ def train(*,
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
              "opt_state": optimizer.init(params)}
     if has_mutables:
-      state["flax_mutables"] = flax_mutables_of(variables)
+      state["flax_mutables"] = train_step_lib.flax_mutables_of(variables)
     return state
 
-  with partitioner.activate():
-    abstract_variables = jax.eval_shape(
-        lambda r: model.get_initial_variables(r, input_shapes, input_types), init_rng)
-    abstract_params = abstract_variables["params"]
-    abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
-  param_shardings = partitioner.param_shardings(
-      abstract_params, abstract_variables.get("params_axes"))
-  state_shardings = {
-      "step": partitioner.replicated,
-      "params": param_shardings,
-      "opt_state": partitioner.optimizer_state_shardings(
-          abstract_opt_state, abstract_params, param_shardings),
-  }
-  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32),
-                    "params": abstract_params, "opt_state": abstract_opt_state}
-  # Collections besides params (EMA / momentum params, queues): t5x's flax_mutables,
-  # sharded by their own `<collection>_axes` names where the model gives them.
-  abstract_mutables = flax_mutables_of(abstract_variables)
-  has_mutables = bool(abstract_mutables)
-  if has_mutables:
-    abstract_state["flax_mutables"] = abstract_mutables
-    state_shardings["flax_mutables"] = {
-        k: partitioner.param_shardings(v, abstract_variables.get(f"{k}_axes"))
-        for k, v in abstract_mutables.items()}
-    logging.info("Train state carries flax_mutables: %s.", sorted(abstract_mutables))
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_state, state_shardings)
+  abstract_variables, abstract_state, state_shardings = train_step_lib.abstract_train_state(
+      model, optimizer, partitioner, input_shapes, input_types, init_rng)
+  abstract_params, param_shardings = abstract_variables["params"], state_shardings["params"]
+  has_mutables = "flax_mutables" in abstract_state
+  if has_mutables:  # EMA / momentum params, queues: t5x's flax_mutables.
+    logging.info("Train state carries flax_mutables: %s.",
+                 sorted(abstract_state["flax_mutables"]))
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
   logging.info("Model: %s parameters.", f"{num_params:,}")
 
@@ -530,58 +511,10 @@ def train(*,
   # ---------------------------------------------------------------------------
   # Train step: grad of the model's loss, optax update; state donated.
   # ---------------------------------------------------------------------------
-  def loss_and_aux(params, batch, dropout_rng, mutables):
-    """The model's loss; aux: its clu metrics, on a mixture with task ids the per-task
-    loss sums and token counts (seed 001 sec. 3.1's difficulty signal), and the new
-    flax_mutables. With mutables the model is called as t5x calls it:
-    `loss_fn(params, batch, dropout_rng, flax_mutables) -> (loss, (metrics,
-    flax_mutables))` (and `loss_fn_with_example_losses` likewise, + the examples)."""
-    extra = (mutables,) if has_mutables else ()
-    if task_names is None:
-      loss, aux = model.loss_fn(params, batch, dropout_rng, *extra)
-      metrics, mutables = aux if has_mutables else (aux, None)
-      return loss, (metrics, None, mutables)
-    loss, aux, example = model.loss_fn_with_example_losses(params, batch, dropout_rng,
-                                                           *extra)
-    metrics, mutables = aux if has_mutables else (aux, None)
-    seg = lambda x: jax.ops.segment_sum(x, batch["task_id"], len(task_names))
-    return loss, (metrics, (seg(example.loss_sum), seg(example.weight)), mutables)
-
-  grad_fn = microbatching.value_and_grad(
-      loss_and_aux, model.loss_denominator, num_microbatches,
-      lambda mb: jax.lax.with_sharding_constraint(mb, partitioner.batch_sharding()))
-
-  def train_step(state, batch):
-    dropout_rng = jax.random.fold_in(dropout_key, state["step"])
-    (loss, (metrics, task_losses, mutables)), grads = grad_fn(
-        state["params"], batch, dropout_rng, state.get("flax_mutables"))
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.tree.norm(grads)
-    metrics = dict(metrics, grad_norm=models.average(grad_norm))
-    if skip_non_finite:
-      # Keep the old state, as optax.apply_if_finite would; done here so that the
-      # step's metrics and the sampler's task losses are dropped with it (zeros add
-      # nothing to clu's merges) and the state keeps the same tree in both modes.
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-      params, opt_state = keep(params, state["params"]), keep(opt_state,
-                                                              state["opt_state"])
-      if has_mutables:
-        mutables = keep(mutables, state["flax_mutables"])
-      metrics = jax.tree.map(lambda m: jnp.where(finite, m, jnp.zeros_like(m)), metrics)
-      if task_losses is not None:
-        task_losses = jax.tree.map(lambda x: jnp.where(finite, x, 0), task_losses)
-    step_stats = {"loss": loss, "grad_norm": grad_norm}
-    if skip_non_finite:
-      step_stats["update_skipped"] = ~finite
-    if task_losses is not None:
-      step_stats["task_loss_sum"], step_stats["task_token_count"] = task_losses
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    if has_mutables:
-      new_state["flax_mutables"] = mutables
-    return new_state, metrics, step_stats
-
+  train_step = train_step_lib.make_train_step(
+      model, optimizer, partitioner, dropout_key=dropout_key, has_mutables=has_mutables,
+      task_names=task_names, num_microbatches=num_microbatches,
+      skip_non_finite=skip_non_finite)
   p_train_step = jax.jit(train_step, donate_argnums=(0,),
                          out_shardings=(state_shardings, partitioner.replicated,
                                         partitioner.replicated))
@@ -762,13 +695,6 @@ def train(*,
   if stopped_by:
     logging.info("The same command resumes from step %d.", step)
   return step, state
-
-
-def flax_mutables_of(variables) -> dict:
-  """The collections of `get_initial_variables` the train state carries besides params:
-  all but 'params' and the axis-name collections ('params_axes', '<name>_axes')."""
-  return {k: v for k, v in variables.items()
-          if k != "params" and not k.endswith("_axes")}
 
 
 def _compile(what: str, jitted, *args):
