@@ -54,16 +54,17 @@ def flat_batch_beam_expand(x, num_decodes: int):
   return jnp.repeat(x, num_decodes, axis=0)
 
 
-def expand_cache(cache, num_decodes: int):
-  """Repeats every per-row leaf of a cache n times; scalars (write indices) stay."""
+def expand_cache(cache, num_decodes: int, cache_offset: int = 0):
+  """Repeats every per-row leaf of a cache n times along its batch axis, axis
+  `cache_offset` (t5x's: 1 when the decoder scans its layers, the cache then having
+  a leading layer axis); leaves with no batch axis (write indices, per layer under a
+  scan) stay."""
   return jax.tree_util.tree_map(
-      lambda x: x if jnp.ndim(x) == 0 else flat_batch_beam_expand(x, num_decodes), cache)
+      lambda x: x if jnp.ndim(x) <= cache_offset else jnp.repeat(
+          x, num_decodes, axis=cache_offset), cache)
 
 
-def _check_no_offset(cache_offset: int, initial_index) -> None:
-  if cache_offset:
-    raise ValueError("vlpretrain's decoders do not support scanned layers "
-                     f"(cache_offset={cache_offset}).")
+def _check_no_prefill(initial_index) -> None:
   if initial_index is not None:
     raise ValueError("vlpretrain's decoders do not support prefilled prompts "
                      "(initial_index); prompts are forced step by step.")
@@ -86,7 +87,7 @@ def temperature_sample(inputs: jnp.ndarray,
   the logits of every step (B, n, L, V), in the row order of `decodes` (zeros for
   steps not run).
   """
-  _check_no_offset(cache_offset, initial_index)
+  _check_no_prefill(initial_index)
   greedy = topk == 1 or temperature == 0
   if not greedy and decode_rng is None:
     raise ValueError("temperature_sample with temperature > 0 and topk != 1 needs a "
@@ -96,7 +97,7 @@ def temperature_sample(inputs: jnp.ndarray,
   rows = batch * num_decodes
   prompt = flat_batch_beam_expand(inputs, num_decodes)
   forced = jnp.concatenate([prompt[:, 1:], jnp.zeros((rows, 1), prompt.dtype)], axis=1)
-  cache = expand_cache(cache, num_decodes)
+  cache = expand_cache(cache, num_decodes, cache_offset)
 
   def step_logits(i, sequences, token, cache):
     state = DecodingState(cur_index=jnp.full((rows,), i), sequences=sequences,
@@ -159,18 +160,23 @@ def brevity_penalty(alpha: float, length):
   return jnp.power((5.0 + length) / 6.0, alpha)
 
 
-def _gather_beams(tree, beam_indices, batch_size, old_beams, new_beams):
-  """Selects beams: leaves (batch*old_beams, ...) -> (batch*new_beams, ...).
+def _gather_beams(tree, beam_indices, batch_size, old_beams, new_beams,
+                  batch_axis: int = 0):
+  """Selects beams: leaves (batch*old_beams, ...) -> (batch*new_beams, ...), the
+  batch at axis `batch_axis` (a cache's `cache_offset`).
 
-  Scalars (such as a cache's write index) are shared by all beams and kept as they are.
+  Leaves with no batch axis (a cache's write indices) are shared by all beams and
+  kept as they are.
   """
   def gather(x):
-    if x.ndim == 0:
+    if x.ndim <= batch_axis:
       return x
+    x = jnp.moveaxis(x, batch_axis, 0)
     x = x.reshape((batch_size, old_beams) + x.shape[1:])
     x = jnp.take_along_axis(
         x, beam_indices.reshape(beam_indices.shape + (1,) * (x.ndim - 2)), axis=1)
-    return x.reshape((batch_size * new_beams,) + x.shape[2:])
+    return jnp.moveaxis(x.reshape((batch_size * new_beams,) + x.shape[2:]), 0,
+                        batch_axis)
   return jax.tree_util.tree_map(gather, tree)
 
 
@@ -192,12 +198,12 @@ def beam_search(inputs: jnp.ndarray,
   Forced prompt tokens (non-zero `inputs[:, i + 1]`) are taken by every beam.
   """
   del decode_rng  # Deterministic.
-  _check_no_offset(cache_offset, initial_index)
+  _check_no_prefill(initial_index)
   b, k = inputs.shape[0], num_decodes
   length = inputs.shape[1] if max_decode_len is None else max_decode_len
   forced = jnp.concatenate([inputs[:, 1:], jnp.zeros((b, 1), inputs.dtype)],
                            axis=1)[:, :length]
-  cache = expand_cache(cache, k)
+  cache = expand_cache(cache, k, cache_offset)
 
   def cond(state):
     i, alive_seqs, alive_logp, fin_seqs, fin_scores, _ = state
@@ -231,7 +237,8 @@ def beam_search(inputs: jnp.ndarray,
     alive_score, keep = jax.lax.top_k(alive_score, k)
     alive_score, keep = alive_score[:, ::-1], keep[:, ::-1]
     alive_seqs = jnp.take_along_axis(seqs, keep[:, :, None], axis=1)
-    cache = _gather_beams(cache, jnp.take_along_axis(parent, keep, axis=1), b, k, k)
+    cache = _gather_beams(cache, jnp.take_along_axis(parent, keep, axis=1), b, k, k,
+                          cache_offset)
 
     # Candidates that ended join the finished pool; keep the best k.
     ended_score = jnp.where(is_eos, top_logp / brevity_penalty(alpha, i + 1), NEG_INF)

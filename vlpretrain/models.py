@@ -346,6 +346,12 @@ class VLEncoderDecoderModel(BaseModel):
     return scores
 
   # ----------------------------------------------------------------- decoding
+  @property
+  def _cache_offset(self) -> int:
+    """The cache's batch axis: 1 when the decoder scans its layers (t5x's)."""
+    config = getattr(self.module, "t5_config", None)
+    return 1 if getattr(config, "scan_layers", False) else 0
+
   def _initial_cache(self, params, memory, memory_mask, max_decode_length):
     dummy = jnp.zeros((memory.shape[0], max_decode_length), jnp.int32)
     _, variables = self.module.apply(
@@ -403,7 +409,7 @@ class VLEncoderDecoderModel(BaseModel):
     decoder_params.setdefault("eos_id", eos_id)
     decodes, scores = self._decode_fn(
         inputs=prompt, cache=cache, tokens_to_logits=tokens_to_logits,
-        num_decodes=num_decodes, cache_offset=0, **decoder_params)
+        num_decodes=num_decodes, cache_offset=self._cache_offset, **decoder_params)
     if return_all_decodes:
       return decodes, {"scores": scores}
     return decodes[:, -1], {"scores": scores[:, -1]}

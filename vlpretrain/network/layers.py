@@ -257,3 +257,34 @@ def dense(features: int, axes=(None, "embed"), use_bias=True, dtype=jnp.float32,
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=partitioned(kernel_init, axes),
                   bias_init=partitioned(nn.initializers.zeros, axes[1:]), name=name)
+
+
+def scanned_stack(layer_cls, num_layers: int, remat: bool = False,
+                  static_kwargs: Optional[dict] = None):
+  """A module class that applies `num_layers` copies of `layer_cls` with `nn.scan`
+  (t5x / flaxformer's `scan_layers`): one layer is traced and compiled, whatever the
+  depth. Build it with `layer_cls`'s fields and call it as the layer is called, minus
+  the keywords in `static_kwargs` (Python values such as deterministic, decode):
+  `scanned_stack(EncoderLayer, 24)(cfg, name="layers")(x, bias, mask)`. Every call
+  argument after `x` is shared by all layers. Params and the decoding cache get a
+  leading `layers` axis (logical name 'layers'), so the layout differs from the
+  unrolled `layers_<i>` one and checkpoints do not carry over between the two.
+  `remat` recomputes each layer's activations in the backward pass.
+  """
+  static_kwargs = dict(static_kwargs or {})
+
+  class Step(layer_cls):  # (carry, *broadcast) -> (carry, None), as nn.scan wants.
+    def __call__(self, x, *args):  # pylint: disable=arguments-differ
+      return super().__call__(x, *args, **static_kwargs), None
+
+  step = nn.remat(Step, prevent_cse=False) if remat else Step
+  scanned = nn.scan(step, variable_axes={"params": 0, "cache": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=nn.broadcast, length=num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+
+  class Stack(scanned):
+    def __call__(self, x, *args):  # pylint: disable=arguments-differ
+      return super().__call__(x, *args)[0]
+  Stack.__name__ = f"Scanned{layer_cls.__name__}"
+  return Stack

@@ -38,6 +38,9 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  # nn.scan over each stack's layers (params `layers/...` with a leading layer axis
+  # instead of `layers_<i>/...`): compile time independent of depth.
+  scan_layers: bool = False
 
 
 def t5_config(size: str = "base", **overrides) -> T5Config:
@@ -169,9 +172,14 @@ class Encoder(nn.Module):
                                 cfg.relative_attention_max_distance,
                                 name="relpos_bias")(length, length)
     attention_mask = mask[:, None, None, :] & mask[:, None, :, None]
-    layer = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer
-    for i in range(cfg.num_encoder_layers):
-      x = layer(cfg, name=f"layers_{i}")(x, bias, attention_mask, deterministic)
+    if cfg.scan_layers:
+      x = layers.scanned_stack(EncoderLayer, cfg.num_encoder_layers, cfg.remat,
+                               {"deterministic": deterministic})(cfg, name="layers")(
+                                   x, bias, attention_mask)
+    else:
+      layer = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer
+      for i in range(cfg.num_encoder_layers):
+        x = layer(cfg, name=f"layers_{i}")(x, bias, attention_mask, deterministic)
     x = layers.RMSNorm(dtype=cfg.dtype, name="encoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return x, mask
@@ -204,12 +212,19 @@ class Decoder(nn.Module):
       self_bias = relpos(length, length)
       self_mask = nn.make_causal_mask(tokens, dtype=bool)
     cross_mask = memory_mask[:, None, None, :]
-    layer = DecoderLayer
-    if cfg.remat and not decode:
-      layer = nn.remat(DecoderLayer, static_argnums=(6, 7))
-    for i in range(cfg.num_decoder_layers):
-      x = layer(cfg, name=f"layers_{i}")(
-          x, memory, self_bias, self_mask, cross_mask, deterministic, decode)
+    if cfg.scan_layers:
+      x = layers.scanned_stack(DecoderLayer, cfg.num_decoder_layers,
+                               cfg.remat and not decode,
+                               {"deterministic": deterministic, "decode": decode})(
+                                   cfg, name="layers")(
+                                       x, memory, self_bias, self_mask, cross_mask)
+    else:
+      layer = DecoderLayer
+      if cfg.remat and not decode:
+        layer = nn.remat(DecoderLayer, static_argnums=(6, 7))
+      for i in range(cfg.num_decoder_layers):
+        x = layer(cfg, name=f"layers_{i}")(
+            x, memory, self_bias, self_mask, cross_mask, deterministic, decode)
     x = layers.RMSNorm(dtype=cfg.dtype, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     logits = nn.DenseGeneral(

@@ -43,6 +43,7 @@ class ViTConfig:
   dtype: Any = jnp.float32
   remat: bool = False
   stem: str = "patch"
+  scan_layers: bool = False  # nn.scan over the blocks (params `encoderblock/...`).
 
   @property
   def num_patches(self) -> int:
@@ -97,11 +98,17 @@ class ViT(nn.Module):
                      (1, h * w, width), jnp.float32)
     x = layers.constrain(x + pos.astype(cfg.dtype))
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    block = nn.remat(layers.TransformerLayer, static_argnums=(3,)) if cfg.remat \
-        else layers.TransformerLayer
-    for i in range(cfg.depth):
-      x = block(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.dtype,
-                name=f"encoderblock_{i}")(x, None, deterministic)
+    if cfg.scan_layers:
+      x = layers.scanned_stack(layers.TransformerLayer, cfg.depth, cfg.remat,
+                               {"deterministic": deterministic})(
+                                   cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.dtype,
+                                   name="encoderblock")(x, None)
+    else:
+      block = nn.remat(layers.TransformerLayer, static_argnums=(3,)) if cfg.remat \
+          else layers.TransformerLayer
+      for i in range(cfg.depth):
+        x = block(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.dtype,
+                  name=f"encoderblock_{i}")(x, None, deterministic)
     return layers.LayerNorm(dtype=cfg.dtype, name="encoder_norm")(x)
 
 
