@@ -149,6 +149,23 @@ def _check_sharded_equals_single(result, mesh=None):
   assert result["max_diff"] < 1e-5, result
 
 
+def test_a_dimension_its_mesh_axis_does_not_divide_stays_whole(caplog):
+  """2 heads on a 4-way 'model' axis cannot be split evenly: that dimension is
+  replicated (with a warning naming the param); 8 heads are split."""
+  from flax.linen import partitioning as flax_partitioning
+  partitioner = partitioning.PjitPartitioner()
+  partitioner.mesh = jax.sharding.AbstractMesh((2, 4), ("data", "model"))
+  params = {"two": jax.ShapeDtypeStruct((128, 2, 64), jnp.float32),
+            "eight": jax.ShapeDtypeStruct((128, 8, 64), jnp.float32)}
+  names = flax_partitioning.AxisMetadata(names=("embed", "heads", "kv"))
+  axes = {"two_axes": names, "eight_axes": names}
+  with caplog.at_level("WARNING"):
+    shardings = partitioner.param_shardings(params, axes)
+  assert tuple(shardings["eight"].spec) == (None, "model", None)
+  assert tuple(shardings["two"].spec) == (None, None, None)
+  assert "two (dim 1 = 2 over model = 4)" in caplog.text and "eight" not in caplog.text
+
+
 def test_optimizer_state_shardings_follow_the_optimizer_init():
   """Each params-shaped copy in the optax state gets its param's sharding, whatever the
   chain (clipped AdamW with a decay mask and frozen params, Adafactor); the rest is
@@ -210,13 +227,17 @@ def test_sharded_microbatched_step_equals_single_device_one_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_step_equals_single_device_jar_tiny(tmp_path):
-  """The real tiny JAR model (gin/jar_tiny.gin) on shapes_cap.
+@pytest.mark.parametrize("layout,mesh", [("tp1", (8, 1)), ("tp2", (4, 2)),
+                                         ("tp4", (2, 4))], ids=["8x1", "4x2", "2x4"])
+def test_sharded_steps_equal_single_device_jar_tiny(tmp_path, layout, mesh):
+  """The real tiny JAR model (gin/jar_tiny.gin) on shapes_cap, 3 steps per mesh.
 
   Plain SGD: Adam's first step is ~lr * g / |g|, which turns float noise in near-zero
   gradients (different reduction order when sharded) into visible parameter changes.
   """
-  _check_sharded_equals_single(_run_worker(tmp_path, "gin/jar_tiny.gin", "sgd"))
+  _check_sharded_equals_single(
+      _run_worker(tmp_path, "gin/jar_tiny.gin", "sgd", layout=layout),
+      mesh={"data": mesh[0], "model": mesh[1]})
 
 
 @pytest.mark.slow

@@ -178,7 +178,31 @@ class PjitPartitioner:
     logical = {path: flat_specs.get(path, jax.sharding.PartitionSpec())
                for path in flat_params}
     shardings = nn.logical_to_mesh_sharding(logical, self.mesh, self.logical_axis_rules)
+    shardings, replicated = self._divisible(shardings, flat_params)
+    if replicated:
+      logging.warning(
+          "%d params keep a dimension whole that their logical axes map to a mesh axis "
+          "not dividing it (e.g. %s); they are replicated along it.", len(replicated),
+          ", ".join(replicated[:3]))
     return flax.traverse_util.unflatten_dict(shardings)
+
+  def _divisible(self, shardings: dict, params: dict):
+    """Drops each mesh axis from a param's spec where it does not divide that dimension
+    (a 2-head attention on a 4-way 'model' axis): jax cannot split it evenly, and
+    replicating that dimension is what GSPMD would do by padding, without the padding.
+    Returns the shardings and the affected params ('path (dim=size over axis=n)')."""
+    out, replicated = {}, []
+    for path, sharding in shardings.items():
+      shape = getattr(params[path], "shape", ())
+      spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+      for i, axes in enumerate(spec):
+        names = axes if isinstance(axes, tuple) else (axes,)
+        size = math.prod(self.mesh.shape[a] for a in names if a is not None)
+        if size > 1 and shape[i] % size:
+          replicated.append(f"{'/'.join(path)} (dim {i} = {shape[i]} over {axes} = {size})")
+          spec[i] = None
+      out[path] = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+    return out, replicated
 
   def optimizer_state_shardings(self, optimizer: optax.GradientTransformation,
                                 abstract_opt_state: Any, abstract_params: Any,
