@@ -46,16 +46,17 @@ def test_partitioner_single_device_and_errors():
     partitioning.PjitPartitioner(num_partitions=2, model_parallel_submesh=(1, 1, 1, 1))
 
 
-# Runs in a subprocess with 8 CPU devices: trains 2 steps on a 1-device mesh and on a
-# 4x2 ('data', 'model') mesh from the same seed and data, and prints what differs.
+# Runs in a subprocess with 8 CPU devices: trains 3 steps on a 1-device mesh, then on
+# each layout given (tp<N>: an (8/N, N) ('data', 'model') mesh; fsdp) from the same
+# seed and data, and prints what differs, one RESULT line per layout.
 _WORKER = textwrap.dedent(r"""
   import json, logging, re, sys
   sys.path.insert(0, "tests")
   import jax, numpy as np, optax
   from vlpretrain import optimizers, partitioning, train, utils
 
-  model_dir, gin_file, opt, microbatches, layout = sys.argv[1:4] + [int(sys.argv[4]),
-                                                                   sys.argv[5]]
+  model_dir, gin_file, opt, microbatches, layouts = sys.argv[1:4] + [
+      int(sys.argv[4]), sys.argv[5].split(",")]
   if gin_file == "toy":
     import toy_model
     task, lengths, model = (toy_model.register_toy_task(),
@@ -98,44 +99,55 @@ _WORKER = textwrap.dedent(r"""
   single = partitioning.PjitPartitioner()
   single.mesh = jax.make_mesh((1, 1), ("data", "model"), devices=jax.devices()[:1],
                               axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  start = len(losses)
   ref = run("single", single)
-  if layout == "fsdp":  # 8-way data parallel, params and Adam moments over 'data'.
-    sharded_partitioner = partitioning.PjitPartitioner(
-        num_partitions=1, logical_axis_rules=partitioning.standard_logical_axis_rules(
-            parameter_partitioning_dims=2))
-  else:  # 'tp<N>': a (8/N, N) ('data', 'model') mesh.
-    sharded_partitioner = partitioning.PjitPartitioner(num_partitions=int(layout[2:]))
-  out = run("sharded", sharded_partitioner, num_microbatches=microbatches)
-  diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
-           for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(out))]
-  scale = max(float(np.max(np.abs(np.asarray(a)), initial=0.0))
-              for a in jax.tree.leaves(ref["params"]))
-  specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out)})
-  params = jax.tree.leaves(out["params"])
-  replicated = [x for x in params if all(a is None for a in x.sharding.spec)]
-  param_bytes = {"total": sum(x.nbytes for x in params),
-                 "replicated": sum(x.nbytes for x in replicated),
-                 "device0": sum(x.addressable_shards[0].data.nbytes for x in params)}
-  adam_specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out["opt_state"])
-                       if x.ndim >= 1})
-  print("RESULT " + json.dumps({
-      "mesh": dict(sharded_partitioner.mesh.shape), "max_diff": max(diffs),
-      "param_scale": scale, "losses": losses, "specs": specs, "logged": logged,
-      "param_bytes": param_bytes, "adam_specs": adam_specs}))
+  single_losses = losses[start:]
+  for layout in layouts:
+    if layout == "fsdp":  # 8-way data parallel, params and Adam moments over 'data'.
+      sharded_partitioner = partitioning.PjitPartitioner(
+          num_partitions=1, logical_axis_rules=partitioning.standard_logical_axis_rules(
+              parameter_partitioning_dims=2))
+    else:  # 'tp<N>': a (8/N, N) ('data', 'model') mesh.
+      sharded_partitioner = partitioning.PjitPartitioner(num_partitions=int(layout[2:]))
+    start = len(losses)
+    out = run(layout, sharded_partitioner, num_microbatches=microbatches)
+    diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
+             for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(out))]
+    scale = max(float(np.max(np.abs(np.asarray(a)), initial=0.0))
+                for a in jax.tree.leaves(ref["params"]))
+    specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out)})
+    params = jax.tree.leaves(out["params"])
+    replicated = [x for x in params if all(a is None for a in x.sharding.spec)]
+    param_bytes = {"total": sum(x.nbytes for x in params),
+                   "replicated": sum(x.nbytes for x in replicated),
+                   "device0": sum(x.addressable_shards[0].data.nbytes for x in params)}
+    adam_specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(out["opt_state"])
+                         if x.ndim >= 1})
+    print("RESULT " + json.dumps({
+        "layout": layout, "mesh": dict(sharded_partitioner.mesh.shape),
+        "max_diff": max(diffs), "param_scale": scale,
+        "losses": single_losses + losses[start:], "specs": specs, "logged": logged,
+        "param_bytes": param_bytes, "adam_specs": adam_specs}), flush=True)
 """)
 
 
-def _run_worker(tmp_path, gin_file, optimizer, microbatches=1, layout="tp2"):
+def _run_worker(tmp_path, gin_file, optimizer, microbatches=1, layouts=("tp2",)):
+  """The worker's results, one per layout, all against one single-device run."""
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, str(script), str(tmp_path), gin_file, optimizer,
-                         str(microbatches), layout],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                         str(microbatches), ",".join(layouts)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-5000:]
-  return json.loads(lines[-1][len("RESULT "):])
+  assert proc.returncode == 0 and len(lines) == len(layouts), proc.stderr[-5000:]
+  return {r["layout"]: r for r in (json.loads(l[len("RESULT "):]) for l in lines)}
+
+
+# Each ('data', 'model') mesh of 8 devices, and FSDP over 8.
+_MESHES = {"tp1": {"data": 8, "model": 1}, "tp2": {"data": 4, "model": 2},
+           "tp4": {"data": 2, "model": 4}, "fsdp": {"data": 8, "model": 1}}
 
 
 def _check_sharded_equals_single(result, mesh=None):
@@ -197,55 +209,40 @@ def test_optimizer_state_shardings_follow_the_optimizer_init():
   assert got["adafactor"]["v/bias"] == ("model",)
 
 
-@pytest.mark.parametrize("layout,mesh", [("tp1", (8, 1)), ("tp2", (4, 2)),
-                                         ("tp4", (2, 4))], ids=["8x1", "4x2", "2x4"])
-def test_sharded_steps_equal_single_device_toy(tmp_path, layout, mesh):
-  """3 steps on each ('data', 'model') mesh of 8 devices equal the single-device run;
-  AdamW, so the optimizer state's shardings are exercised too."""
-  _check_sharded_equals_single(_run_worker(tmp_path, "toy", "adamw", layout=layout),
-                               mesh={"data": mesh[0], "model": mesh[1]})
-
-
-def test_fsdp_step_equals_single_device_and_each_device_holds_an_eighth(tmp_path):
-  """parameter_partitioning_dims=2 (t5x's FSDP) over 8 devices: every param with an
-  'embed' axis, and its Adam moments, is split 8 ways ('data'); only the others (the
-  toy's scalar gate) are replicated; the update equals the single-device one."""
-  result = _run_worker(tmp_path, "toy", "adamw", layout="fsdp")
-  _check_sharded_equals_single(result, mesh={"data": 8, "model": 1})
-  b = result["param_bytes"]
-  assert b["replicated"] == 4  # The float32 gate.
+def test_sharded_steps_equal_single_device_toy(tmp_path):
+  """3 steps of the toy model with AdamW (so the optimizer state's shardings are
+  exercised too) on the 8x1, 4x2 and 2x4 meshes and under FSDP over 8 (t5x's
+  parameter_partitioning_dims=2) equal the single-device run; under FSDP only the
+  toy's scalar gate is replicated and a device holds an eighth of the rest."""
+  results = _run_worker(tmp_path, "toy", "adamw", layouts=tuple(_MESHES))
+  for layout, mesh in _MESHES.items():
+    _check_sharded_equals_single(results[layout], mesh=mesh)
+  fsdp = results["fsdp"]
+  assert fsdp["param_bytes"]["replicated"] == 4  # The float32 gate.
+  b = fsdp["param_bytes"]
   assert b["device0"] == (b["total"] - b["replicated"]) // 8 + b["replicated"], b
-  assert any("'data'" in s for s in result["adam_specs"]), result["adam_specs"]
+  assert any("'data'" in s for s in fsdp["adam_specs"]), fsdp["adam_specs"]
 
 
 def test_sharded_microbatched_step_equals_single_device_one_batch(tmp_path):
   """Two microbatches of 4 over the 4x2 mesh (each device keeps its rows) give the
   single-device full-batch update: vlpretrain/microbatching.py."""
-  result = _run_worker(tmp_path, "toy", "adamw", microbatches=2)
+  result = _run_worker(tmp_path, "toy", "adamw", microbatches=2)["tp2"]
   assert any("2 microbatches of 4" in line for line in result["logged"]), result
   _check_sharded_equals_single(result)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout,mesh", [("tp1", (8, 1)), ("tp2", (4, 2)),
-                                         ("tp4", (2, 4))], ids=["8x1", "4x2", "2x4"])
-def test_sharded_steps_equal_single_device_jar_tiny(tmp_path, layout, mesh):
-  """The real tiny JAR model (gin/jar_tiny.gin) on shapes_cap, 3 steps per mesh.
+def test_sharded_steps_equal_single_device_jar_tiny(tmp_path):
+  """The real tiny JAR model (gin/jar_tiny.gin) on shapes_cap, 3 steps on each mesh
+  and under FSDP (a device then holds under a seventh of the param bytes: the params
+  without an 'embed' axis, about 1%, stay replicated).
 
   Plain SGD: Adam's first step is ~lr * g / |g|, which turns float noise in near-zero
   gradients (different reduction order when sharded) into visible parameter changes.
   """
-  _check_sharded_equals_single(
-      _run_worker(tmp_path, "gin/jar_tiny.gin", "sgd", layout=layout),
-      mesh={"data": mesh[0], "model": mesh[1]})
-
-
-@pytest.mark.slow
-def test_fsdp_step_equals_single_device_jar_tiny(tmp_path):
-  """gin/jar_tiny.gin under FSDP over 8 devices (plain SGD, as above): the update equals
-  the single-device one and a device holds under a seventh of the param bytes (the
-  params without an 'embed' axis, about 1%, stay replicated)."""
-  result = _run_worker(tmp_path, "gin/jar_tiny.gin", "sgd", layout="fsdp")
-  _check_sharded_equals_single(result, mesh={"data": 8, "model": 1})
-  b = result["param_bytes"]
+  results = _run_worker(tmp_path, "gin/jar_tiny.gin", "sgd", layouts=tuple(_MESHES))
+  for layout, mesh in _MESHES.items():
+    _check_sharded_equals_single(results[layout], mesh=mesh)
+  b = results["fsdp"]["param_bytes"]
   assert b["replicated"] < 0.02 * b["total"] and b["device0"] < b["total"] / 7, b
