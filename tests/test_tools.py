@@ -113,3 +113,12 @@ def test_memory_plan_shards_params_and_optimizer_under_fsdp(tmp_path):
       2 * plan["param_bytes_per_device"] + 1024)
   assert plan["batch_bytes_per_device"] > 0 and plan["temp_bytes_per_device"] > 0
   assert plan["fits"] and plan["compile_seconds"] > 0
+
+
+def test_format_table_aligns_columns_under_a_rule():
+  from vlpretrain import text_table
+  assert text_table.format_table(("row", "R@1"), [("itc", "35.20"), ("multiway", "4")]) == (
+      "row      | R@1  \n"
+      "---------+------\n"
+      "itc      | 35.20\n"
+      "multiway | 4    ")

@@ -44,6 +44,8 @@ import subprocess
 import sys
 import time
 
+from vlpretrain import text_table
+
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 TASK = "shapes_pairs"
 RECALLS = ("i2t_recall@1", "i2t_recall@5", "i2t_recall@10",
@@ -149,10 +151,7 @@ def table(summaries: list[dict]) -> str:
            pm(s["TR R@1"]), pm(s["IR R@1"]),
            f"{s['chance TR R@1']:.2f} / {s['chance IR R@1']:.2f}",
            f"{s['minutes per seed']:.1f}") for s in summaries]
-  widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-  fmt = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))
-  return "\n".join([fmt(head), "-+-".join("-" * w for w in widths)] +
-                   [fmt(r) for r in rows])
+  return text_table.format_table(head, rows)
 
 
 def main(argv=None) -> int:

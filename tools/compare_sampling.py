@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from vlpretrain import text_table
+
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
@@ -117,10 +119,7 @@ def table(results: list[dict]) -> str:
            f"{r['accuracy']:.2f} ({r['downstream']} {r['split']})",
            f"{(r['pretrain_seconds'] + r['finetune_seconds'] + r['eval_seconds']) / 60:.1f}")
           for r in results]
-  widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-  fmt = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))
-  return "\n".join([fmt(head), "-+-".join("-" * w for w in widths)] +
-                   [fmt(r) for r in rows])
+  return text_table.format_table(head, rows)
 
 
 def main(argv=None) -> int:
