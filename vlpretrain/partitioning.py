@@ -188,9 +188,9 @@ class PjitPartitioner:
 
   def _divisible(self, shardings: dict, params: dict):
     """Drops each mesh axis from a param's spec where it does not divide that dimension
-    (a 2-head attention on a 4-way 'model' axis): jax cannot split it evenly, and
-    replicating that dimension is what GSPMD would do by padding, without the padding.
-    Returns the shardings and the affected params ('path (dim=size over axis=n)')."""
+    (a 2-head attention on a 4-way 'model' axis): jax cannot split it evenly, so that
+    dimension stays whole on every device. Returns the shardings and the affected
+    params ('path (dim i = size over axis = n)')."""
     out, replicated = {}, []
     for path, sharding in shardings.items():
       shape = getattr(params[path], "shape", ())
