@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import PIL.Image
+import pytest
 
 from vlpretrain.data import shapes
 
@@ -89,6 +90,7 @@ def test_bench_sampler_reads_the_scalars_beside_the_gin_config_text(tmp_path):
                      "timing/step_ms": {50: 250.0, 100: 200.0}}
 
 
+@pytest.mark.slow
 def test_memory_plan_shards_params_and_optimizer_under_fsdp(tmp_path):
   """tools/memory_plan.py compiles jar_tiny's train step (its towers shrunk to the
   test sizes) on 2 fake devices under FSDP: a device holds about half of the float32
