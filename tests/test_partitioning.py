@@ -224,6 +224,7 @@ def test_sharded_steps_equal_single_device_toy(tmp_path):
   assert any("'data'" in s for s in fsdp["adam_specs"]), fsdp["adam_specs"]
 
 
+@pytest.mark.slow
 def test_sharded_microbatched_step_equals_single_device_one_batch(tmp_path):
   """Two microbatches of 4 over the 4x2 mesh (each device keeps its rows) give the
   single-device full-batch update: vlpretrain/microbatching.py."""

@@ -130,6 +130,7 @@ def test_scanned_cached_decoding_equals_the_unrolled(decode_fn):
   assert (got[..., :2] != 0).any()  # Something was decoded.
 
 
+@pytest.mark.slow
 def test_remat_with_scan_gives_the_same_gradients():
   loss, grads = _loss_and_grads(True, remat=True)
   want_loss, want_grads = _loss_and_grads(True)
