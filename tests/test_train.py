@@ -1,6 +1,7 @@
 """Trainer tests: exact resumption, LR schedule, optimizer mask, gin flag rewriting."""
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -365,6 +366,78 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_one(
   _, full = _train(tmp_path / "full", 6, toy_task, period=2)
   assert step == 6
   _assert_same_params(resumed["params"], full["params"])
+
+
+def _make_read_only(directory):
+  """Makes `directory` read-only for this process, its files still there: chmod for a
+  normal user; for root (whom permissions do not stop) a read-only bind mount of it
+  onto itself. Returns an undo, or skips when neither works here."""
+  if os.geteuid() != 0:
+    os.chmod(directory, 0o555)
+    return lambda: os.chmod(directory, 0o755)
+  undo = lambda: subprocess.run(["umount", str(directory)], check=True)
+  for i, cmd in enumerate((["mount", "--bind", str(directory), str(directory)],
+                           ["mount", "-o", "remount,ro,bind", str(directory)])):
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode:
+      if i:
+        undo()
+      pytest.skip(f"cannot make a directory read-only as root here: {done.stderr!r}")
+  return undo
+
+
+@pytest.mark.parametrize("read_only", ["checkpoints", "model_dir"])
+def test_a_read_only_directory_is_refused_at_start_naming_it(clean_gin, toy_task,
+                                                             tmp_path, read_only):
+  """A MODEL_DIR, or its checkpoints directory, that cannot be written stops the run
+  before its first step with one message naming the directory and the cause (orbax
+  alone waits 300 s for its background directory creation and then raises a timeout
+  naming neither)."""
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)
+  target = run / "checkpoints" if read_only == "checkpoints" else run
+  undo = _make_read_only(target)
+  try:
+    with pytest.raises(errors.ConfigError) as e:
+      _train(run, 2, toy_task)
+  finally:
+    undo()
+  message = str(e.value)
+  assert "not writable" in message and str(target) in message, message
+  assert re.search("Read-only file system|Permission denied", message), message
+  if read_only == "model_dir":
+    assert message.startswith(f"MODEL_DIR='{run}' cannot be written"), message
+  step, _ = _train(run, 2, toy_task)  # Writable again: the same command trains.
+  assert step == 2
+
+
+def test_a_checkpoint_directory_made_read_only_mid_run_stops_the_next_save(
+    clean_gin, toy_task, tmp_path, monkeypatch):
+  """The checkpoints directory turns read-only after checkpoint 2 (a remount, a quota):
+  saving 4 stops the run at once with a message naming the directory, the cause and
+  the intact checkpoint 2, which the same command resumes from once it is writable."""
+  run, undo = tmp_path / "run", []
+  original = train_lib._save_checkpoint  # pylint: disable=protected-access
+
+  def read_only_from_step_4(manager, step, *args):
+    if step == 4 and not undo:
+      undo.append(_make_read_only(run / "checkpoints"))
+    return original(manager, step, *args)
+
+  monkeypatch.setattr(train_lib, "_save_checkpoint", read_only_from_step_4)
+  try:
+    with pytest.raises(train_lib.CheckpointWriteError) as e:
+      _train(run, 6, toy_task, period=2)
+  finally:
+    for u in undo:
+      u()
+  message = str(e.value)
+  assert message.startswith(f"Writing checkpoint 4 to {run / 'checkpoints'} failed: "
+                            "the directory is not writable ("), message
+  assert "checkpoint 2 is intact" in message, message
+  monkeypatch.setattr(train_lib, "_save_checkpoint", original)
+  step, _ = _train(run, 6, toy_task, period=2)
+  assert step == 6
 
 
 def test_a_second_run_in_the_same_model_dir_is_refused(clean_gin, toy_task, tmp_path):

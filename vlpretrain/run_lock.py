@@ -35,7 +35,12 @@ def acquire(model_dir: str) -> Optional[IO]:
   path = os.path.realpath(os.path.join(model_dir, LOCK_NAME))
   if path in _HELD:
     return _HELD[path]
-  lock = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  try:
+    lock = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise errors.ConfigError(
+        f"MODEL_DIR={model_dir!r} is not writable ({type(e).__name__}: {e}). Pass "
+        "--gin.MODEL_DIR= a directory you can write.") from None
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:

@@ -503,6 +503,12 @@ def train(*,
     utils.make_output_dir(model_dir, "MODEL_DIR")
     if lock is None:  # Refuses a second run in this MODEL_DIR.
       lock = run_lock.acquire(model_dir)
+    problem = utils.write_problem(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    if problem:  # E.g. a read-only mount: orbax would only time out on it.
+      raise errors.ConfigError(
+          f"The checkpoint directory {ckpt_dir} is not writable ({problem}). Make it "
+          "writable, or pass another --gin.MODEL_DIR (warm-start from these "
+          "checkpoints with --gin.INITIAL_CHECKPOINT_PATH).")
     if gin.config_str():
       gin_utils.write_config(model_dir)
   if manager is None:
@@ -757,6 +763,8 @@ def _save_checkpoint(manager, step, state, train_iter, batches, save_cfg, save_d
     items["dataset"] = DatasetIteratorArgs(_data_iterators(train_iter, batches))
   if batches is not None:
     items["sampler"] = ocp.args.JsonSave(batches.state_dict())
+  if utils.write_problem(str(manager.directory)):  # Else orbax times out after 300 s.
+    raise CheckpointWriteError(_write_failure(manager, step, None))
   try:
     manager.save(step, args=ocp.args.Composite(**items), force=True)
   except Exception as e:  # pylint: disable=broad-exception-caught
@@ -771,9 +779,13 @@ def _write_failure(manager, step, error) -> str:
   previous = [s for s in manager.all_steps() if s < step]
   kept = (f"checkpoint {max(previous)} is intact and the same command resumes from it"
           if previous else "no earlier checkpoint exists")
-  return (f"Writing checkpoint {step} to {manager.directory} failed: "
-          f"{type(error).__name__}: {errors.first_line(error)}. Training stopped; "
-          f"{kept}. Free disk space or fix the directory's permissions first.")
+  # Orbax creates the step directory in a background thread; when that fails, the
+  # error the trainer sees is a timeout. A probe of the directory says why.
+  problem = utils.write_problem(str(manager.directory))
+  cause = (f"the directory is not writable ({problem})" if problem else
+           f"{type(error).__name__}: {errors.first_line(error)}")
+  return (f"Writing checkpoint {step} to {manager.directory} failed: {cause}. Training "
+          f"stopped; {kept}. Free disk space or fix the directory's permissions first.")
 
 
 class _CommittedSaves:

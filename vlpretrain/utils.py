@@ -129,11 +129,8 @@ def check_writable_dir(path: str, macro: str) -> None:
     problem = "it is a file"
   elif not os.path.isdir(existing):
     problem = f"{existing!r} is a file"
-  else:
-    try:  # A real probe: permission bits do not tell for root or read-only mounts.
-      os.rmdir(tempfile.mkdtemp(prefix=".vlpretrain_write_check_", dir=existing))
-    except OSError as e:
-      problem = f"{existing!r} is not writable ({e.strerror or e})"
+  elif cause := write_problem(existing):
+    problem = f"{existing!r} is not writable ({cause})"
   if problem:
     raise errors.ConfigError(
         f"{macro}={path!r} cannot be written: {problem}. Pass --gin.{macro}= a "
@@ -147,6 +144,19 @@ def make_output_dir(path: str, macro: str) -> None:
   except (OSError, tf.errors.OpError) as e:
     raise errors.ConfigError(f"{macro}={path!r} cannot be created ({e}). Pass "
                              f"--gin.{macro}= a directory you can write.") from None
+
+
+def write_problem(directory: str) -> Optional[str]:
+  """Why nothing can be created in the existing local `directory` (None if something
+  can, and for remote paths), by creating and removing a probe directory in it: a real
+  probe, since permission bits do not tell for root or read-only mounts."""
+  if "://" in os.fspath(directory):
+    return None
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".vlpretrain_write_check_", dir=directory))
+  except OSError as e:
+    return f"{type(e).__name__}: {e.strerror or e}"
+  return None
 
 
 # -----------------------------------------------------------------------------
