@@ -3,6 +3,7 @@ compute (loss, gradients, cached greedy and beam decoding), with params stacked 
 leading 'layers' axis that the partitioner maps."""
 import dataclasses
 import functools
+import os
 import re
 
 import jax
@@ -137,3 +138,83 @@ def test_remat_with_scan_gives_the_same_gradients():
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ VLMo (Multiway)
+def _vlmo(scan, remat=False):
+  from vlpretrain import vlmo_models  # pylint: disable=g-import-not-at-top
+  from vlpretrain.data import vocab  # pylint: disable=g-import-not-at-top
+  from vlpretrain.network import multiway, vlmo  # pylint: disable=g-import-not-at-top
+  cfg = multiway.multiway_config("test", image_size=16, patch_size=8, depth=3,
+                                 num_vl_layers=1, scan_layers=scan, remat=remat)
+  return vlmo_models.VLMoModel(vlmo.VLMo(cfg), vocab.shapes_vocabulary())
+
+
+def _vlmo_batch():
+  rng = np.random.RandomState(0)
+  tokens = rng.randint(3, 200, (6, 10))
+  tokens[:, 7], tokens[:, 8:] = 1, 0
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (6, 16, 16, 3)), jnp.float32),
+          "text_tokens": jnp.asarray(tokens, jnp.int32)}
+
+
+def _stack_multiway(encoder):
+  """layer_0..layer_{b-1} stacked as `layers`, the VL-expert ones as `vl_layers`."""
+  out = {k: v for k, v in encoder.items() if not k.startswith("layer_")}
+  blocks = [encoder[f"layer_{i}"] for i in range(3)]
+  out["layers"] = jax.tree.map(lambda *x: jnp.stack(x), *blocks[:2])
+  out["vl_layers"] = jax.tree.map(lambda *x: jnp.stack(x), *blocks[2:])
+  return out
+
+
+@pytest.mark.parametrize("remat", [
+    False, pytest.param(True, marks=pytest.mark.slow)], ids=["scan", "scan+remat"])
+def test_scanned_multiway_loss_and_gradients_equal_the_unrolled(remat):
+  """VLMo's ITC + ITM + MLM loss (its masking and hard-negative draws from one rng)
+  and its gradients: the two scanned stacks (V/L experts, then VL experts) compute
+  what the three unrolled blocks compute; the param shapes are the stacked ones."""
+  batch = _vlmo_batch()
+  shapes = {k: v.shape for k, v in batch.items()}
+  unrolled = _vlmo(False).get_initial_variables(jax.random.PRNGKey(1), shapes)["params"]
+  stacked = dict(unrolled, encoder=_stack_multiway(unrolled["encoder"]))
+  scanned = _vlmo(True, remat)
+  variables = jax.eval_shape(lambda r: scanned.get_initial_variables(r, shapes),
+                             jax.random.PRNGKey(1))
+  assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(jnp.shape, stacked)
+  assert "vl_ffn" in variables["params"]["encoder"]["vl_layers"]
+  assert "vl_ffn" not in variables["params"]["encoder"]["layers"]
+  rng = jax.random.PRNGKey(2)
+  loss_grad = lambda model, p: jax.jit(jax.value_and_grad(
+      lambda q: model.loss_fn(q, batch, rng)[0]))(p)
+  want_loss, want_grads = loss_grad(_vlmo(False), unrolled)
+  loss, grads = loss_grad(scanned, stacked)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  want_grads = dict(want_grads, encoder=_stack_multiway(want_grads["encoder"]))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads),
+                          jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("stage_gin", ["vlmo_tiny_stage1_images.gin",
+                                       "vlmo_tiny_stage2_texts.gin"])
+def test_the_stage_gins_freeze_the_same_params_in_both_layouts(stage_gin):
+  """The stage gins' frozen_pattern names blocks as `layer_<i>` or as the scanned
+  `layers` / `vl_layers`: the frozen params are the same ones either way."""
+  from vlpretrain import optimizers  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "gin", stage_gin), encoding="utf-8") as f:
+    text = f.read()
+  pattern = re.search(r"frozen_pattern = r'(.*)'", text).group(1)
+  shapes = {k: v.shape for k, v in _vlmo_batch().items()}
+  init = lambda scan: jax.eval_shape(
+      lambda r: _vlmo(scan).get_initial_variables(r, shapes)["params"],
+      jax.random.PRNGKey(0))
+  unrolled = optimizers.decay_mask(init(False), pattern)
+  stacked = dict(unrolled, encoder=_stack_multiway(
+      jax.tree.map(jnp.asarray, unrolled["encoder"])))
+  scanned = optimizers.decay_mask(init(True), pattern)
+  got = jax.tree.map(bool, scanned)
+  want = jax.tree.map(lambda x: bool(np.all(x)), stacked)
+  assert got == want
+  assert 0 < sum(jax.tree.leaves(got)) < len(jax.tree.leaves(got))

@@ -260,7 +260,7 @@ def dense(features: int, axes=(None, "embed"), use_bias=True, dtype=jnp.float32,
 
 
 def scanned_stack(layer_cls, num_layers: int, remat: bool = False,
-                  static_kwargs: Optional[dict] = None):
+                  static_kwargs: Optional[dict] = None, static_argnums: tuple = ()):
   """A module class that applies `num_layers` copies of `layer_cls` with `nn.scan`
   (t5x / flaxformer's `scan_layers`): one layer is traced and compiled, whatever the
   depth. Build it with `layer_cls`'s fields and call it as the layer is called, minus
@@ -269,7 +269,9 @@ def scanned_stack(layer_cls, num_layers: int, remat: bool = False,
   argument after `x` is shared by all layers. Params and the decoding cache get a
   leading `layers` axis (logical name 'layers'), so the layout differs from the
   unrolled `layers_<i>` one and checkpoints do not carry over between the two.
-  `remat` recomputes each layer's activations in the backward pass.
+  `remat` recomputes each layer's activations in the backward pass; Python values
+  among the call arguments (a mode string) are then named by `static_argnums`, as for
+  `nn.remat` of the layer (self is 0, x is 1).
   """
   static_kwargs = dict(static_kwargs or {})
 
@@ -277,7 +279,8 @@ def scanned_stack(layer_cls, num_layers: int, remat: bool = False,
     def __call__(self, x, *args):  # pylint: disable=arguments-differ
       return super().__call__(x, *args, **static_kwargs), None
 
-  step = nn.remat(Step, prevent_cse=False) if remat else Step
+  step = nn.remat(Step, prevent_cse=False, static_argnums=static_argnums) if remat \
+      else Step
   scanned = nn.scan(step, variable_axes={"params": 0, "cache": 0},
                     split_rngs={"params": True, "dropout": True},
                     in_axes=nn.broadcast, length=num_layers,

@@ -27,7 +27,10 @@ is Table 5's "Multiway-VLExp" row (no vision-language experts).
 Parameter names: patch_embedding, image_cls, patch_mask_embedding (the [MASK] patch of
 the image-only stage), image_pos_embedding, token_embedding,
 text_cls, text_pos_embedding, type_embedding, layer_<i>/{pre_attention_norm,
-attention, v_ffn, l_ffn, vl_ffn | ffn}, final_norm.
+attention, v_ffn, l_ffn, vl_ffn | ffn}, final_norm. With `scan_layers` (t5x's
+scan_layers, `--gin.SCAN_LAYERS=True`) the blocks are two `nn.scan` stacks, `layers`
+(the bottom `depth - num_vl_layers`) and `vl_layers` (the top ones), their params on a
+leading 'layers' axis: one block of each kind is compiled whatever the depth.
 """
 import dataclasses
 from typing import Any, Optional
@@ -62,6 +65,8 @@ class MultiwayConfig:
   multiway: bool = True             # False: one shared FFN (standard Transformer).
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  scan_layers: bool = False         # nn.scan over the blocks (params `layers/...`).
+  remat: bool = False               # Recompute each block's activations in backward.
 
   @property
   def num_patches(self) -> int:
@@ -189,8 +194,18 @@ class MultiwayTransformer(nn.Module):
     self.type_embedding = self.param("type_embedding", embed_init, (2, cfg.width),
                                      jnp.float32)
     first_vl = cfg.depth - cfg.num_vl_layers
-    self.blocks = [MultiwayBlock(cfg, has_vl_expert=i >= first_vl, name=f"layer_{i}")
-                   for i in range(cfg.depth)]
+    static = (3, 4, 5)  # mode, num_image_tokens, deterministic: Python values.
+    if cfg.scan_layers:  # One stack per kind of block; a kind with no block is absent.
+      self.blocks = [
+          layers.scanned_stack(MultiwayBlock, n, cfg.remat, static_argnums=static)(
+              cfg, has_vl_expert=vl, name=name)
+          for n, vl, name in ((first_vl, False, "layers"),
+                              (cfg.num_vl_layers, True, "vl_layers")) if n]
+    else:
+      block = (nn.remat(MultiwayBlock, static_argnums=static) if cfg.remat
+               else MultiwayBlock)
+      self.blocks = [block(cfg, has_vl_expert=i >= first_vl, name=f"layer_{i}")
+                     for i in range(cfg.depth)]
     self.final_norm = layers.LayerNorm(dtype=cfg.dtype)
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
 
