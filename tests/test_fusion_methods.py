@@ -181,3 +181,22 @@ def test_one_iteration_of_equations_2_and_3_against_numpy():
   want = _ln(f, p["output_norm"])
   np.testing.assert_allclose(np.asarray(memory), want, rtol=2e-4, atol=2e-5)
   assert abs(np.tanh(0.3)) * np.abs(attended).max() > 1e-2  # The image term counts.
+
+
+@pytest.mark.parametrize("choice", ["JAR", "Concat", "CrossAttention", "Perceiver",
+                                    "CoTok"])
+def test_each_fusion_is_chosen_by_a_command_line_binding(clean_gin, choice):
+  """`--gin.FUSION=@fusion.<choice>()` on gin/jar_tiny.gin builds that model (gin knows
+  every fusion from gin/models/vl_encdec.gin, without an import on the command line)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from vlpretrain import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags([], ["jar_tiny.gin"], [f"FUSION = @fusion.{choice}()"])
+  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  assert type(model.module.fusion).__name__ == choice
+  shapes = {"image": (1, 64, 64, 3), "encoder_input_tokens": (1, 8),
+            "decoder_input_tokens": (1, 4), "decoder_target_tokens": (1, 4)}
+  params = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes),
+                          jax.random.PRNGKey(0))["params"]
+  own = {"JAR": "alpha_0", "Concat": "image_projection", "CrossAttention": "layer_0",
+         "Perceiver": "latents", "CoTok": "tokenizer_0"}[choice]
+  assert own in params["fusion"], sorted(params["fusion"])

@@ -15,105 +15,17 @@ object.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # Stats only: stay off accelerators.
 
 from absl import flags
-import flax.linen as nn
 import gin
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 from vlpretrain import gin_utils
-from vlpretrain import models
+from vlpretrain import model_cost
 
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Examples in the analysed forward pass.")
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def model_stats(model: models.VLEncoderDecoderModel, feature_lengths, batch_size=1):
-  """{'params', 'params_by_module', 'forward_gflops_per_example', ...} for a model."""
-  module = model.module
-  size = module.vit_config.image_size
-  inputs = (jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32),
-            jax.ShapeDtypeStruct((batch_size, feature_lengths["inputs"]), jnp.int32),
-            jax.ShapeDtypeStruct((batch_size, feature_lengths["targets"]), jnp.int32))
-  variables = jax.eval_shape(lambda *x: module.init(jax.random.PRNGKey(0), *x), *inputs)
-  params = nn.unbox(variables["params"])
-
-  start = time.time()
-  forward = jax.jit(lambda p, *x: module.apply({"params": p}, *x))
-  compiled = forward.lower(params, *inputs).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return {
-      "params": _count(params),
-      "params_by_module": {k: _count(v) for k, v in params.items()},
-      "forward_gflops_per_example": float(cost["flops"]) / batch_size / 1e9,
-      "image_size": size,
-      "feature_lengths": dict(feature_lengths),
-      "fusion": type(module.fusion).__name__,
-      "compile_seconds": round(time.time() - start, 1),
-  }
-
-
-def encoder_model_stats(model, feature_lengths, batch_size=1):
-  """model_stats for an encoder model (`vlmo_models`): params by top-level module and,
-  for the Multiway Transformer, by expert kind summed over layers."""
-  cfg = model.module.config
-  shapes = {"image": (batch_size, cfg.image_size, cfg.image_size, 3),
-            "text_tokens": (batch_size, feature_lengths["text"])}
-  # The network's own init: no vocabulary file is read (vocab_size is in the config).
-  params = nn.unbox(jax.eval_shape(
-      lambda r: model.module.init(r, jnp.zeros(shapes["image"]),
-                                  jnp.zeros(shapes["text_tokens"], jnp.int32)),
-      jax.random.PRNGKey(0))["params"])
-  by_module = {k: _count(v) for k, v in params.items() if k != "encoder"}
-  for name, sub in params.get("encoder", {}).items():
-    kind = "encoder/" + (name if not name.startswith("layer_") else "layers")
-    by_module[kind] = by_module.get(kind, 0) + _count(sub)
-  by_expert = {}
-  for name, layer in params.get("encoder", {}).items():
-    if name.startswith("layer_"):
-      for part, sub in layer.items():
-        by_expert[part] = by_expert.get(part, 0) + _count(sub)
-  batch = {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "image" else jnp.int32)
-           for k, v in shapes.items()}
-  start = time.time()
-  module = model.module
-
-  def flops(method):
-    fn = lambda p, b: module.apply({"params": p}, b["image"], b["text_tokens"],
-                                   method=method)
-    return _gflops(jax.jit(fn).lower(params, batch).compile()) / batch_size
-
-  embed = lambda m, image, tokens: (m.image_embedding(image), m.text_embedding(tokens))
-  stats = {
-      "params": _count(params),
-      "params_by_module": by_module,
-      "params_by_expert": by_expert,
-      # Every head once: image-only, text-only and two image-text (ITM, MLM) passes.
-      "forward_gflops_per_example": flops(None),
-      "embedding_gflops_per_pair": flops(embed),  # Dual encoder: one image + one text.
-      "fusion_gflops_per_pair": flops(type(module).itm_logits),  # One fusion pass.
-      "image_size": cfg.image_size,
-      "feature_lengths": dict(feature_lengths),
-      "fusion": "multiway" if cfg.multiway else "standard transformer",
-  }
-  stats["compile_seconds"] = round(time.time() - start, 1)
-  return stats
-
-
-def _gflops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) / 1e9
 
 
 def main(argv):
@@ -122,9 +34,9 @@ def main(argv):
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()  # Built by gin.
   lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
   if hasattr(model.module, "vit_config"):
-    stats = model_stats(model, lengths, _BATCH.value)
+    stats = model_cost.model_stats(model, lengths, _BATCH.value)
   else:
-    stats = encoder_model_stats(model, lengths, _BATCH.value)
+    stats = model_cost.encoder_model_stats(model, lengths, _BATCH.value)
   stats["gin_files"] = flags.FLAGS.gin_file
   print(f"{'module':<24}{'parameters':>16}")
   for name, count in stats["params_by_module"].items():

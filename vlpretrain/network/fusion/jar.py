@@ -52,7 +52,7 @@ class JAR(nn.Module):
       latents. Off, its tokens enter eqs. 2-3 as they are: the M projected image
       tokens as keys, or the L encoded text tokens as queries (then the memory has L
       tokens and the text's padding mask). Both off, JAR is text-query cross-attention
-      with gates and iterations (gin/jar_tiny_text_queries.gin).
+      with gates and iterations (what gin/models/jar_tiny.gin sets today).
 
   Params (per iteration i; `_0` for all when shared): image_projection,
   image_resampler, text_resampler, query_norm_i, image_norm_i, cross_attention_i,
