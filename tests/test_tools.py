@@ -124,3 +124,31 @@ def test_format_table_aligns_columns_under_a_rule():
       "---------+------\n"
       "itc      | 35.20\n"
       "multiway | 4    ")
+
+
+@pytest.mark.slow
+def test_flops_table_rows_scale_as_the_methods_should(clean_gin):
+  """tools/flops_table.py's measure() on jar_base (compile only): the ViT's FLOPs are
+  the same under every fusion; from 224 to 480 px (49 -> 225 B/32 patches) concat's
+  non-image FLOPs grow several-fold (its T5 encoder runs over every patch) and JAR's
+  far less (eq. 1 resamples the patches to 64 latents once)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = ("import json, sys; sys.argv = sys.argv[:1]; from absl import flags; "
+            "flags.FLAGS(sys.argv); import flops_table as t; print(json.dumps("
+            "[t.measure(t.FUSIONS[m], 'B/32', s) for m in ('concat', 'jar') "
+            "for s in (224, 480)]))")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=os.path.join(TOOLS, ".."),
+                        env=dict(os.environ, PYTHONPATH=TOOLS), capture_output=True,
+                        text=True, timeout=900)  # Own process: the tool's absl flags.
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(proc.stdout.strip().splitlines()[-1])
+  got = dict(zip([(m, s) for m in ("concat", "jar") for s in (224, 480)], rows))
+  for size in (224, 480):
+    assert got["concat", size]["image_tower_gflops"] == pytest.approx(
+        got["jar", size]["image_tower_gflops"])
+  growth = {m: got[m, 480]["non_image_gflops"] / got[m, 224]["non_image_gflops"]
+            for m in ("concat", "jar")}
+  assert growth["concat"] > 2.0 and growth["jar"] < 1.3, growth
+  # Only the ViT's position table grows with the image: (225 - 49) rows of 768.
+  assert got["jar", 480]["params"] - got["jar", 224]["params"] == 176 * 768
