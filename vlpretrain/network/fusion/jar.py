@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlpretrain.network import layers
+from vlpretrain.network.fusion.inputs import fusion_inputs
 from vlpretrain.network.fusion.resamplers import LatentResampler, SpatialResampler
 
 
@@ -94,13 +95,10 @@ class JAR(nn.Module):
   @nn.compact
   def __call__(self, image_features, text_tokens, text_encoder, deterministic=True):
     self._check()
-    text, text_mask = text_encoder(text_tokens, deterministic=deterministic)
+    text, text_mask, projected, heads, mlp_dim = fusion_inputs(
+        image_features, text_tokens, text_encoder, self.num_heads, self.mlp_dim,
+        deterministic)
     width, dtype = text.shape[-1], text.dtype
-    heads = self.num_heads or max(1, width // 64)
-    mlp_dim = self.mlp_dim or text_encoder.config.mlp_dim
-
-    projected = layers.dense(width, ("image_embed", "embed"), dtype=dtype,
-                             name="image_projection")(image_features.astype(dtype))
     f_n = projected
     if self.resample_image:
       f_n = self._resample(projected, None, heads, "image_resampler", deterministic)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlpretrain.network import layers
+from vlpretrain.network.fusion.inputs import fusion_inputs
 
 
 class Perceiver(nn.Module):
@@ -32,12 +33,10 @@ class Perceiver(nn.Module):
 
   @nn.compact
   def __call__(self, image_features, text_tokens, text_encoder, deterministic=True):
-    text, text_mask = text_encoder(text_tokens, deterministic=deterministic)
+    text, text_mask, image, heads, mlp_dim = fusion_inputs(
+        image_features, text_tokens, text_encoder, self.num_heads, self.mlp_dim,
+        deterministic)
     width, dtype = text.shape[-1], text.dtype
-    heads = self.num_heads or max(1, width // 64)
-    mlp_dim = self.mlp_dim or text_encoder.config.mlp_dim
-    image = layers.dense(width, ("image_embed", "embed"), dtype=dtype,
-                         name="image_projection")(image_features.astype(dtype))
     inputs = jnp.concatenate([image, text], axis=1)
     inputs_mask = jnp.concatenate([jnp.ones(image.shape[:2], bool), text_mask], axis=1)
     latents = self.param("latents", layers.partitioned(
