@@ -167,8 +167,8 @@ def _stack_multiway(encoder):
   return out
 
 
-@pytest.mark.parametrize("remat", [
-    False, pytest.param(True, marks=pytest.mark.slow)], ids=["scan", "scan+remat"])
+@pytest.mark.slow
+@pytest.mark.parametrize("remat", [False, True], ids=["scan", "scan+remat"])
 def test_scanned_multiway_loss_and_gradients_equal_the_unrolled(remat):
   """VLMo's ITC + ITM + MLM loss (its masking and hard-negative draws from one rng)
   and its gradients: the two scanned stacks (V/L experts, then VL experts) compute

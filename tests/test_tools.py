@@ -130,8 +130,8 @@ def test_format_table_aligns_columns_under_a_rule():
 def test_flops_table_rows_scale_as_the_methods_should(clean_gin):
   """tools/flops_table.py's measure() on jar_base (compile only): the ViT's FLOPs are
   the same under every fusion; from 224 to 480 px (49 -> 225 B/32 patches) concat's
-  non-image FLOPs grow several-fold (its T5 encoder runs over every patch) and JAR's
-  far less (eq. 1 resamples the patches to 64 latents once)."""
+  non-image FLOPs about double (its T5 encoder runs over every patch) and JAR's grow
+  by a few percent (eq. 1 resamples the patches to 64 latents once)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   script = ("import json, sys; sys.argv = sys.argv[:1]; from absl import flags; "
@@ -149,6 +149,6 @@ def test_flops_table_rows_scale_as_the_methods_should(clean_gin):
         got["jar", size]["image_tower_gflops"])
   growth = {m: got[m, 480]["non_image_gflops"] / got[m, 224]["non_image_gflops"]
             for m in ("concat", "jar")}
-  assert growth["concat"] > 2.0 and growth["jar"] < 1.3, growth
+  assert growth["concat"] > 1.8 and growth["jar"] < 1.05, growth  # 1.97 and 1.02.
   # Only the ViT's position table grows with the image: (225 - 49) rows of 768.
   assert got["jar", 480]["params"] - got["jar", 224]["params"] == 176 * 768
