@@ -114,12 +114,14 @@ class MultiHeadAttention(nn.Module):
     style: 't5' (no biases, no logit scaling) or 'vit' (biases, 1/sqrt(d) scaling).
     out_features: output width (defaults to the query width).
 
-  Call: `(inputs_q, inputs_kv, mask=None, bias=None, decode=False, deterministic)`.
-  `mask` broadcasts to (B, heads, Lq, Lk) with True = attend; `bias` is added to the
-  logits. With `decode=True` the key/value of each new query token are written into a
-  'cache' collection at `cache_index` and the query attends to positions <= it; the
-  cache is created when the module is first called with `decode=True` on the
-  full-length input (shape (B, max_length, ...)).
+  Call: `(inputs_q, inputs_kv, mask=None, bias=None, decode=False, deterministic,
+  static_kv=False)`. `mask` broadcasts to (B, heads, Lq, Lk) with True = attend; `bias`
+  is added to the logits. With `decode=True` the key/value of each new query token are
+  written into a 'cache' collection at `cache_index` and the query attends to positions
+  <= it; the cache is created when the module is first called with `decode=True` on the
+  full-length input (shape (B, max_length, ...)). With `decode=True, static_kv=True`
+  (cross-attention to a memory that is the same at every step) the memory's keys and
+  values are projected once, when the cache is created, and read from it afterwards.
   """
   num_heads: int
   head_dim: int
@@ -130,7 +132,7 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None, bias=None, decode=False,
-               deterministic=True):
+               deterministic=True, static_kv=False):
     use_bias = self.style != "t5"
     q_init, kv_init, out_init = _attention_init(
         self.style, inputs_q.shape[-1], self.num_heads, self.head_dim)
@@ -138,13 +140,16 @@ class MultiHeadAttention(nn.Module):
         (self.num_heads, self.head_dim), 1, ("embed", "heads", "kv"), use_bias, init,
         self.dtype, name=name)
     query = proj("query", q_init)(inputs_q)
-    key = proj("key", kv_init)(inputs_kv)
-    value = proj("value", kv_init)(inputs_kv)
     if self.style != "t5":
       query = query / np.sqrt(self.head_dim).astype(np.float32)
-
-    if decode:
-      key, value, mask = self._update_cache(key, value, mask)
+    if decode and static_kv:
+      key, value = self._static_key_value(proj("key", kv_init), proj("value", kv_init),
+                                          inputs_kv)
+    else:
+      key = proj("key", kv_init)(inputs_kv)
+      value = proj("value", kv_init)(inputs_kv)
+      if decode:
+        key, value, mask = self._update_cache(key, value, mask)
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
     if bias is not None:
@@ -158,6 +163,18 @@ class MultiHeadAttention(nn.Module):
     return DenseGeneral((self.out_features or inputs_q.shape[-1],), 2,
                         ("heads", "kv", "embed"), use_bias, out_init, self.dtype,
                         name="out")(out)
+
+  def _static_key_value(self, key_proj, value_proj, inputs_kv):
+    """The memory's keys and values: projected on the call that creates the cache and
+    kept in it ('memory_key', 'memory_value'), read from it on every later step."""
+    if self.has_variable("cache", "memory_key"):
+      return (self.get_variable("cache", "memory_key"),
+              self.get_variable("cache", "memory_value"))
+    key, value = key_proj(inputs_kv), value_proj(inputs_kv)
+    if self.is_mutable_collection("cache"):
+      self.put_variable("cache", "memory_key", key)
+      self.put_variable("cache", "memory_value", value)
+    return key, value
 
   def _update_cache(self, key, value, mask):
     """Writes one step's key/value into the cache; returns the full cached tensors."""

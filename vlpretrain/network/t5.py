@@ -140,7 +140,8 @@ class DecoderLayer(nn.Module):
     x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype=cfg.dtype, name="pre_cross_attention_layer_norm")(x)
     y = attention("encoder_decoder_attention")(y, memory, memory_mask,
-                                               deterministic=deterministic)
+                                               deterministic=deterministic,
+                                               decode=decode, static_kv=True)
     x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype=cfg.dtype, name="pre_mlp_layer_norm")(x)
     y = layers.GatedGeluMlp(cfg.mlp_dim, cfg.dropout_rate, cfg.dtype, name="mlp")(
