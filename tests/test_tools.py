@@ -152,3 +152,46 @@ def test_flops_table_rows_scale_as_the_methods_should(clean_gin):
   assert growth["concat"] > 1.8 and growth["jar"] < 1.05, growth  # 1.97 and 1.02.
   # Only the ViT's position table grows with the image: (225 - 49) rows of 768.
   assert got["jar", 480]["params"] - got["jar", 224]["params"] == 176 * 768
+
+
+def _finished_fusion_run(out, row, seed, exact, by_type):
+  """The directories of one finished ablate_fusion run: done.json in each stage, the
+  eval's metrics.json as `vlpretrain eval` writes it."""
+  base = out / row / f"seed{seed}"
+  for stage in ("pretrain", "finetune", "eval"):
+    (base / stage).mkdir(parents=True)
+    (base / stage / "done.json").write_text(json.dumps({"seconds": 60.0, "command": []}))
+  metrics = {"exact_match": exact}
+  metrics.update({f"exact_match/{k}": v for k, v in by_type.items()})
+  (base / "eval" / "metrics.json").write_text(json.dumps(
+      {"step": 1500, "split": "test", "tasks": {"easy_vqa": {"metrics": metrics}}}))
+
+
+def test_ablate_fusion_rebuilds_its_table_from_finished_runs(tmp_path, clean_gin, capsys):
+  """A finished study's command trains nothing again (each stage's done.json): it reads
+  every run's test metrics and prints mean +- sample sd per row, next to the row's
+  forward GFLOPs (the compiled tiny model: concat's memory is longer, so it costs more
+  than JAR's resampled one)."""
+  tool = _tool("ablate_fusion")
+  for seed, exact in enumerate((99.0, 97.0, 98.0)):
+    _finished_fusion_run(tmp_path, "jar", seed, exact,
+                         {"yes/no": exact, "color": 100.0, "shape": 96.0})
+    _finished_fusion_run(tmp_path, "concat", seed, 90.0 + seed,
+                         {"yes/no": 88.0, "color": 99.0, "shape": 95.0})
+  assert tool.main(["--out", str(tmp_path), "--rows", "jar,concat"]) == 0
+  printed = capsys.readouterr().out
+  assert "$ " not in printed  # No command was run.
+  result = json.loads((tmp_path / "results.json").read_text())
+  jar, concat = result["summary"]
+  assert jar["row"] == "jar" and jar["seeds"] == [0, 1, 2]
+  assert jar["exact_match"] == pytest.approx([98.0, 1.0])  # mean, sample sd
+  assert concat["exact_match"] == pytest.approx([91.0, 1.0])
+  assert concat["gflops"] > jar["gflops"] > 0
+  assert "98.00 +- 1.00" in printed and "91.00 +- 1.00" in printed
+
+
+def test_ablate_fusion_refuses_a_validation_metrics_file(tmp_path):
+  tool = _tool("ablate_fusion")
+  (tmp_path / "metrics.json").write_text(json.dumps({"split": "validation", "tasks": {}}))
+  with pytest.raises(ValueError, match="not 'test'"):
+    tool.test_metrics(str(tmp_path))

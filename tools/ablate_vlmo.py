@@ -38,12 +38,10 @@ restarted with the same command. The table goes to stdout, the per-seed results 
 import argparse
 import json
 import os
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 
+from vlpretrain import study_runs
 from vlpretrain import text_table
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -67,27 +65,6 @@ ROWS = {
 }
 
 
-def _run(cmd: list[str], model_dir: str) -> float:
-  """Runs `cmd` unless MODEL_DIR/done.json says it finished; returns its wall seconds."""
-  done = os.path.join(model_dir, "done.json")
-  if os.path.exists(done):
-    with open(done, encoding="utf-8") as f:
-      return json.load(f)["seconds"]
-  os.makedirs(model_dir, exist_ok=True)
-  log_path = os.path.join(model_dir, "log.txt")
-  print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-  start = time.time()
-  with open(log_path, "a", encoding="utf-8") as log:
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-  if rc:
-    raise RuntimeError(f"Command failed (exit {rc}); see its output in {log_path}. "
-                       "Rerun the same command to resume.")
-  seconds = time.time() - start
-  with open(done, "w", encoding="utf-8") as f:
-    json.dump({"seconds": seconds, "command": cmd}, f)
-  return seconds
-
-
 def last_retrieval_metrics(model_dir: str) -> tuple[int, dict]:
   """The (step, metrics) of the latest retrieval eval in MODEL_DIR/inference_eval."""
   path = os.path.join(model_dir, "inference_eval", "metrics_history.json")
@@ -109,8 +86,9 @@ def run_row(out: str, row: str, seed: int, extra: list[str]) -> dict:
     model_dir = os.path.join(out, row, name)
     warm = ([f"--gin.INITIAL_CHECKPOINT_PATH={os.path.join(previous, 'checkpoints')}"]
             if previous else [])
-    seconds += _run(exe + [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={model_dir}",
-                           f"--gin.RANDOM_SEED={seed}"] + warm + flags + extra, model_dir)
+    seconds += study_runs.run_once(
+        exe + [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={model_dir}",
+               f"--gin.RANDOM_SEED={seed}"] + warm + flags + extra, model_dir, REPO)
     previous = model_dir
   step, metrics = last_retrieval_metrics(previous)
   result = {"row": row, "seed": seed, "step": step, "seconds": seconds}
@@ -138,7 +116,7 @@ def summarize(results: list[dict]) -> list[dict]:
                "chance IR R@1": runs[0]["chance_t2i_recall@1"],
                "minutes per seed": statistics.mean(r["seconds"] for r in runs) / 60}
     for name, v in values.items():
-      summary[name] = (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+      summary[name] = study_runs.mean_sd(v)
     rows.append(summary)
   return rows
 
