@@ -200,3 +200,24 @@ def test_each_fusion_is_chosen_by_a_command_line_binding(clean_gin, choice):
   own = {"JAR": "alpha_0", "Concat": "image_projection", "CrossAttention": "layer_0",
          "Perceiver": "latents", "CoTok": "tokenizer_0"}[choice]
   assert own in params["fusion"], sorted(params["fusion"])
+
+
+@pytest.mark.parametrize("fragment, resamplers", [
+    (None, {"image_resampler"}),
+    ("fusions/jar_text_query.gin", set())])
+def test_jar_tiny_resamples_the_image_and_the_text_query_fragment_does_not(
+    clean_gin, fragment, resamplers):
+  """gin/jar_tiny.gin is JAR with eq. 1 on the image (16 latents of the 64 ViT tokens);
+  gin/fusions/jar_text_query.gin after it turns eq. 1 off (text-query cross-attention
+  with gates): the resampler params exist exactly as configured."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from vlpretrain import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin_flags([], ["jar_tiny.gin"] + ([fragment] if fragment else []), [])
+  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  shapes = {"image": (1, 64, 64, 3), "encoder_input_tokens": (1, 8),
+            "decoder_input_tokens": (1, 4), "decoder_target_tokens": (1, 4)}
+  params = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes),
+                          jax.random.PRNGKey(0))["params"]
+  assert {"image_resampler", "text_resampler"} & set(params["fusion"]) == resamplers
+  if resamplers:
+    assert params["fusion"]["image_resampler"]["latents"].shape == (16, 128)
