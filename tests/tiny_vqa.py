@@ -80,8 +80,8 @@ def tiny_model(model_cls=models.VLEncoderDecoderModel):
   # model).
   network = transformer.VLTransformer(
       vit.vit_config("test/8", 64, stem="conv"), t5.t5_config("test"),
-      fusion.JAR(num_iterations=1, mlp="gated_gelu", resample_image=False,
-                 resample_text=False))
+      fusion.JAR(num_latents=16, num_iterations=1, mlp="gated_gelu",
+                 resample_image=True, resample_text=False))
   v = vocab.shapes_vocabulary()
   return model_cls(network, v, v, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
